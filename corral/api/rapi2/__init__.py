@@ -1,0 +1,1 @@
+"""Corral api rapi2 package."""

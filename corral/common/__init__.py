@@ -1,0 +1,1 @@
+"""Helpers shared by every layer: errors, command running, undo lists, files, paths."""

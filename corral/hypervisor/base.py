@@ -1,0 +1,242 @@
+"""The hypervisor driver interface.
+
+A driver is a class with no global state: everything it needs comes in as arguments (the
+instance spec, its attached disks) or lives under its own run directory, given at construction.
+The node daemon calls drivers from worker threads; methods are synchronous.
+
+Contracts every driver keeps (Nova ``virt/driver.py`` style):
+
+* ``start`` either leaves a running (or paused) instance, or nothing at all: no process, no
+  socket, no runtime file, no tap device — and raises :class:`HypervisorError` (or
+  :class:`LaunchError`) with the hypervisor's own message.
+* ``stop`` is bounded by its timeout: a soft stop that does not finish in time becomes a hard
+  one. Stopping an instance that is not running is not an error.
+* ``list_instances``/``instance_info`` read the live state (processes, QMP), never a cache;
+  they work after the node daemon restarted while guests kept running.
+* Parameters are validated in two phases: syntax on the master (``objects/params/hv.py``),
+  environment here in :meth:`Hypervisor.validate_params`.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import enum
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from corral.objects.params.spec import Schema
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class Capabilities:
+    """What a driver can do; callers check these instead of catching NotImplementedError."""
+
+    live_migration: bool = False
+    hotplug_disk: bool = False
+    hotplug_nic: bool = False
+    balloon: bool = False
+    pause: bool = False
+    serial_console: bool = False
+    runs_processes: bool = True
+
+
+class SpecModel(BaseModel):
+    """Base for the data the master sends to drivers (strict, JSON-able)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class NicSpec(SpecModel):
+    """A NIC as a driver sees it: MAC and filled nicparams."""
+
+    index: int
+    uuid: str
+    mac: str
+    mode: str = "bridged"
+    link: str = ""
+    ip: str | None = None
+    name: str = ""
+
+
+class InstanceSpec(SpecModel):
+    """Everything a driver needs to know about an instance, with parameters already filled."""
+
+    name: str
+    uuid: str
+    hypervisor: str
+    hvparams: dict[str, Any]
+    memory: int = Field(description="MiB to start with (maxmem)")
+    min_memory: int = Field(description="MiB the instance may be ballooned down to")
+    vcpus: int
+    nics: list[NicSpec] = Field(default_factory=list)
+    os: str = ""
+    tags: list[str] = Field(default_factory=list)
+    network_port: int | None = None
+
+
+class AttachedDisk(SpecModel):
+    """A disk made available on the node, ready to be given to the guest."""
+
+    index: int
+    uuid: str
+    path: str
+    format: str = "raw"  # raw | qcow2
+    mode: str = "rw"  # rw | ro
+    size: int = 0  # MiB
+
+
+class InstanceState(enum.StrEnum):
+    """Runtime state of an instance as a driver reports it."""
+
+    RUNNING = "running"
+    PAUSED = "paused"
+    SHUTDOWN = "shutdown"  # the guest powered itself off; process may still exist
+    CRASHED = "crashed"
+
+
+class InstanceInfo(SpecModel):
+    """Live facts about one instance on this node."""
+
+    name: str
+    state: InstanceState
+    memory: int  # MiB currently assigned
+    vcpus: int
+    cpu_time: float = 0.0  # seconds of CPU used
+    pid: int | None = None
+    uuid: str = ""
+    details: dict[str, Any] = Field(default_factory=dict)
+
+
+class HvNodeInfo(SpecModel):
+    """What the hypervisor says about the node."""
+
+    hypervisor: str
+    memory_total: int  # MiB
+    memory_free: int  # MiB
+    memory_hv: int = 0  # MiB used by the hypervisor / instances
+    cpu_total: int
+    cpu_sockets: int = 1
+    cpu_nodes: int = 1
+    hv_version: str = ""
+    details: dict[str, Any] = Field(default_factory=dict)
+
+
+class ConsoleInfo(SpecModel):
+    """How to reach an instance's console (RAPI console dict)."""
+
+    instance: str
+    kind: str  # ssh | vnc | spice | msg
+    host: str = ""
+    port: int | None = None
+    command: list[str] = Field(default_factory=list)
+    message: str = ""
+    socket: str = ""
+
+
+class Hypervisor(abc.ABC):
+    """One hypervisor driver; see the module docstring for the contracts."""
+
+    NAME: ClassVar[str]
+    PARAMS: ClassVar[Schema]
+    CAPABILITIES: ClassVar[Capabilities]
+
+    def __init__(self, run_dir: str) -> None:
+        """Create a driver keeping its state under ``run_dir``."""
+        self.run_dir = run_dir
+
+    @abc.abstractmethod
+    def validate_params(self, hvparams: Mapping[str, Any]) -> None:
+        """Environment-phase check of filled hvparams on this node.
+
+        Raises:
+            ParamError: a parameter cannot work here (e.g. kernel_path missing), by key.
+        """
+
+    @abc.abstractmethod
+    def start(
+        self, spec: InstanceSpec, disks: Sequence[AttachedDisk], *, paused: bool = False
+    ) -> None:
+        """Start the instance.
+
+        Raises:
+            HypervisorError: the instance already runs, or could not be started; in the
+                latter case nothing is left behind.
+        """
+
+    @abc.abstractmethod
+    def stop(self, name: str, *, timeout: float, force: bool = False) -> None:
+        """Stop the instance: soft (ACPI) for up to ``timeout`` seconds, then hard.
+
+        ``force`` skips the soft phase. Stopping an instance that does not run succeeds.
+        Runtime files and sockets are cleaned up.
+
+        Raises:
+            HypervisorError: the instance could not be stopped even by force.
+        """
+
+    @abc.abstractmethod
+    def reboot(self, name: str, *, hard: bool) -> None:
+        """Reboot a running instance: soft (guest ACPI/CTRL-ALT-DEL) or hard (reset).
+
+        Raises:
+            HypervisorError: not running, or the reboot request failed.
+        """
+
+    @abc.abstractmethod
+    def list_instances(self) -> list[str]:
+        """Names of the instances this driver runs on the node.
+
+        Raises:
+            HypervisorError: the hypervisor cannot be queried.
+        """
+
+    @abc.abstractmethod
+    def instance_info(self, name: str) -> InstanceInfo | None:
+        """Live information about one instance, or None if it does not run here.
+
+        Raises:
+            HypervisorError: the hypervisor cannot be queried.
+        """
+
+    def all_instances_info(self) -> list[InstanceInfo]:
+        """Live information about every instance (default: one query per instance)."""
+        infos = []
+        for name in self.list_instances():
+            info = self.instance_info(name)
+            if info is not None:
+                infos.append(info)
+        return infos
+
+    @abc.abstractmethod
+    def balloon(self, name: str, memory: int) -> int:
+        """Change a running instance's memory to ``memory`` MiB; return the new size.
+
+        Raises:
+            HypervisorError: not running, not supported, or the guest did not reach the target.
+        """
+
+    @abc.abstractmethod
+    def console(self, spec: InstanceSpec, *, node_host: str) -> ConsoleInfo:
+        """How to connect to the instance's console.
+
+        Raises:
+            HypervisorError: the instance has no console of this kind.
+        """
+
+    @abc.abstractmethod
+    def node_info(self) -> HvNodeInfo:
+        """Memory and CPU facts of this node as the hypervisor sees them.
+
+        Raises:
+            HypervisorError: the facts cannot be read.
+        """
+
+    @abc.abstractmethod
+    def verify(self) -> list[str]:
+        """Check the node can run this hypervisor; return problems found (empty = fine)."""
+
+    def cleanup(self, name: str) -> None:  # noqa: B027 - optional hook
+        """Remove leftovers (sockets, runtime files) of an instance that no longer runs."""

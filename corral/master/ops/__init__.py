@@ -1,0 +1,1 @@
+"""Corral master ops package."""

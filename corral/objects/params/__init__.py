@@ -1,0 +1,1 @@
+"""Corral objects params package."""

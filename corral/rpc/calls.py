@@ -1,0 +1,392 @@
+"""The master -> node RPC calls: one typed request, one typed response and a timeout each.
+
+Every call is a :class:`Call` in :data:`CALLS`. The wire format is JSON over HTTPS with mutual
+TLS (``rpc/server.py``, ``rpc/client.py``): ``POST /rpc/<name>`` with the request model as the
+body; the answer is ``{"ok": true, "result": <response>}`` or
+``{"ok": false, "error": <CorralError.to_wire()>}``.
+
+Timeouts are the longest a healthy node may need; the master gives up after them with an
+:class:`~corral.common.errors.RpcError`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Generic, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from corral.hypervisor.base import (
+    ConsoleInfo,
+    HvNodeInfo,
+    InstanceInfo,
+    InstanceSpec,
+)
+from corral.storage.base import VolumeInfo, VolumeSpec
+
+
+class Msg(BaseModel):
+    """Base of all RPC payloads: strict, no unknown fields."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class Empty(Msg):
+    """No payload."""
+
+
+# --- node ------------------------------------------------------------------------------------
+
+
+class VersionResponse(Msg):
+    """Software and protocol version of a node daemon."""
+
+    software_version: str
+    protocol_version: int
+    node_name: str
+
+
+class NodeInfoRequest(Msg):
+    """Which hypervisors and storage locations to report on."""
+
+    hypervisors: list[str] = Field(default_factory=list)
+    storage_dirs: list[str] = Field(default_factory=list)
+
+
+class StorageSpace(Msg):
+    """Space of one storage location."""
+
+    location: str
+    total: int  # MiB
+    free: int  # MiB
+
+
+class NodeInfoResponse(Msg):
+    """Host facts: memory, CPUs, boot id, storage and hypervisor views."""
+
+    name: str
+    boot_id: str
+    memory_total: int
+    memory_free: int
+    cpu_total: int
+    storage: list[StorageSpace] = Field(default_factory=list)
+    hypervisors: dict[str, HvNodeInfo] = Field(default_factory=dict)
+
+
+class HvVerifyRequest(Msg):
+    """Hypervisors to verify on the node."""
+
+    hypervisors: list[str]
+
+
+class HvVerifyResponse(Msg):
+    """Problems found per hypervisor (empty lists = fine)."""
+
+    problems: dict[str, list[str]]
+
+
+class HvValidateRequest(Msg):
+    """Environment-phase check of filled hvparams."""
+
+    hypervisor: str
+    hvparams: dict[str, Any]
+
+
+# --- instances -------------------------------------------------------------------------------
+
+
+class DiskRef(Msg):
+    """An instance disk as the node needs it to attach it."""
+
+    index: int
+    volume: VolumeSpec
+    mode: Literal["rw", "ro"] = "rw"
+
+
+class InstanceListRequest(Msg):
+    """Hypervisors whose instances to list."""
+
+    hypervisors: list[str]
+
+
+class InstanceListResponse(Msg):
+    """Names of running instances, per hypervisor."""
+
+    instances: dict[str, list[str]]
+
+
+class InstanceInfoRequest(Msg):
+    """One instance to look up."""
+
+    name: str
+    hypervisor: str
+
+
+class InstanceInfoResponse(Msg):
+    """Live info of one instance (None: not running here)."""
+
+    info: InstanceInfo | None
+
+
+class AllInstancesInfoResponse(Msg):
+    """Live info of every instance, per hypervisor."""
+
+    instances: list[InstanceInfo]
+
+
+class InstanceStartRequest(Msg):
+    """Start an instance with its disks."""
+
+    instance: InstanceSpec
+    disks: list[DiskRef]
+    paused: bool = False
+    reason: str = ""
+
+
+class InstanceShutdownRequest(Msg):
+    """Stop an instance: soft for ``timeout`` seconds, then hard."""
+
+    name: str
+    hypervisor: str
+    timeout: float = 120.0
+    force: bool = False
+    reason: str = ""
+
+
+class InstanceRebootRequest(Msg):
+    """Reboot: soft (guest ACPI), hard (reset) or full (stop, then start)."""
+
+    instance: InstanceSpec
+    disks: list[DiskRef]
+    reboot_type: Literal["soft", "hard", "full"]
+    shutdown_timeout: float = 120.0
+    reason: str = ""
+
+
+class InstanceBalloonRequest(Msg):
+    """Change a running instance's memory."""
+
+    name: str
+    hypervisor: str
+    memory: int
+
+
+class InstanceBalloonResponse(Msg):
+    """Memory after ballooning (MiB)."""
+
+    memory: int
+
+
+class InstanceConsoleRequest(Msg):
+    """Console connection info of an instance."""
+
+    instance: InstanceSpec
+    node_host: str
+
+
+class InstanceConsoleResponse(Msg):
+    """The console dict."""
+
+    console: ConsoleInfo
+
+
+# --- block devices ---------------------------------------------------------------------------
+
+
+class BlockdevRequest(Msg):
+    """Act on one volume."""
+
+    volume: VolumeSpec
+
+
+class BlockdevGrowRequest(Msg):
+    """Grow one volume by ``amount`` MiB."""
+
+    volume: VolumeSpec
+    amount: int
+
+
+class BlockdevRenameRequest(Msg):
+    """Rename one volume (file disks move with their instance)."""
+
+    volume: VolumeSpec
+    new_logical_id: str
+
+
+class BlockdevInfoResponse(Msg):
+    """A volume's facts (None: not found)."""
+
+    info: VolumeInfo | None
+
+
+class BlockdevSizesRequest(Msg):
+    """Volumes to measure."""
+
+    volumes: list[VolumeSpec]
+
+
+class BlockdevSizesResponse(Msg):
+    """Sizes in MiB (None where the volume is missing)."""
+
+    sizes: list[int | None]
+
+
+# --- OS definitions --------------------------------------------------------------------------
+
+
+class OsCreateRequest(Msg):
+    """Run an OS definition's ``create`` script (install or reinstall)."""
+
+    instance: InstanceSpec
+    disks: list[DiskRef]
+    os: str  # name[+variant]
+    osparams: dict[str, str] = Field(default_factory=dict)
+    reinstall: bool = False
+    debug: int = 0
+
+
+class OsRenameRequest(Msg):
+    """Run an OS definition's ``rename`` script."""
+
+    instance: InstanceSpec
+    disks: list[DiskRef]
+    os: str
+    old_name: str
+    osparams: dict[str, str] = Field(default_factory=dict)
+    debug: int = 0
+
+
+class OsScriptResponse(Msg):
+    """Where the script's log was kept on the node, and its last lines."""
+
+    log_file: str
+    output_tail: str = ""
+
+
+class OsVerifyRequest(Msg):
+    """Check an OS exists (with its variant) and accepts these parameters."""
+
+    os: str
+    osparams: dict[str, str] = Field(default_factory=dict)
+
+
+class OsInfo(Msg):
+    """One OS definition found on the node."""
+
+    name: str
+    path: str
+    valid: bool
+    error: str = ""
+    api_versions: list[int] = Field(default_factory=list)
+    variants: list[str] = Field(default_factory=list)
+    parameters: list[tuple[str, str]] = Field(default_factory=list)
+    builtin: bool = False
+
+
+class OsDiagnoseResponse(Msg):
+    """Every OS definition found on the node."""
+
+    oses: list[OsInfo]
+
+
+# --- hooks -----------------------------------------------------------------------------------
+
+
+class HooksRunRequest(Msg):
+    """Run the hook scripts of ``<hpath>-<phase>.d`` with this environment."""
+
+    hpath: str
+    phase: Literal["pre", "post"]
+    env: dict[str, str]
+
+
+class HookResult(Msg):
+    """Outcome of one hook script."""
+
+    script: str
+    status: Literal["success", "fail", "skip"]
+    output: str = ""
+
+
+class HooksRunResponse(Msg):
+    """Outcome of every hook script, in the order they ran."""
+
+    results: list[HookResult]
+
+
+# --- the registry ----------------------------------------------------------------------------
+
+Req = TypeVar("Req", bound=Msg)
+Resp = TypeVar("Resp", bound=Msg)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Call(Generic[Req, Resp]):
+    """One RPC: its name on the wire, its types, and how long the master waits."""
+
+    name: str
+    request: type[Req]
+    response: type[Resp]
+    timeout: float
+
+
+VERSION = Call("version", Empty, VersionResponse, 10)
+NODE_INFO = Call("node_info", NodeInfoRequest, NodeInfoResponse, 30)
+HV_VERIFY = Call("hv_verify", HvVerifyRequest, HvVerifyResponse, 60)
+HV_VALIDATE = Call("hv_validate_params", HvValidateRequest, Empty, 30)
+INSTANCE_LIST = Call("instance_list", InstanceListRequest, InstanceListResponse, 30)
+INSTANCE_INFO = Call("instance_info", InstanceInfoRequest, InstanceInfoResponse, 30)
+ALL_INSTANCES_INFO = Call(
+    "all_instances_info", InstanceListRequest, AllInstancesInfoResponse, 60
+)
+INSTANCE_START = Call("instance_start", InstanceStartRequest, Empty, 300)
+#: The shutdown RPC waits the instance's own timeout plus this margin.
+INSTANCE_SHUTDOWN = Call("instance_shutdown", InstanceShutdownRequest, Empty, 60)
+INSTANCE_REBOOT = Call("instance_reboot", InstanceRebootRequest, Empty, 300)
+INSTANCE_BALLOON = Call(
+    "instance_balloon", InstanceBalloonRequest, InstanceBalloonResponse, 120
+)
+INSTANCE_CONSOLE = Call(
+    "instance_console", InstanceConsoleRequest, InstanceConsoleResponse, 30
+)
+BLOCKDEV_CREATE = Call("blockdev_create", BlockdevRequest, BlockdevInfoResponse, 600)
+BLOCKDEV_REMOVE = Call("blockdev_remove", BlockdevRequest, Empty, 300)
+BLOCKDEV_GROW = Call("blockdev_grow", BlockdevGrowRequest, BlockdevInfoResponse, 600)
+BLOCKDEV_FIND = Call("blockdev_find", BlockdevRequest, BlockdevInfoResponse, 60)
+BLOCKDEV_RENAME = Call("blockdev_rename", BlockdevRenameRequest, BlockdevInfoResponse, 60)
+BLOCKDEV_SIZES = Call("blockdev_getsizes", BlockdevSizesRequest, BlockdevSizesResponse, 60)
+OS_CREATE = Call("os_create", OsCreateRequest, OsScriptResponse, 3600)
+OS_RENAME = Call("os_rename", OsRenameRequest, OsScriptResponse, 600)
+OS_VERIFY = Call("os_verify", OsVerifyRequest, Empty, 120)
+OS_DIAGNOSE = Call("os_diagnose", Empty, OsDiagnoseResponse, 120)
+HOOKS_RUN = Call("hooks_run", HooksRunRequest, HooksRunResponse, 600)
+
+#: Every call by its wire name.
+CALLS: dict[str, Call[Any, Any]] = {
+    c.name: c
+    for c in (
+        VERSION,
+        NODE_INFO,
+        HV_VERIFY,
+        HV_VALIDATE,
+        INSTANCE_LIST,
+        INSTANCE_INFO,
+        ALL_INSTANCES_INFO,
+        INSTANCE_START,
+        INSTANCE_SHUTDOWN,
+        INSTANCE_REBOOT,
+        INSTANCE_BALLOON,
+        INSTANCE_CONSOLE,
+        BLOCKDEV_CREATE,
+        BLOCKDEV_REMOVE,
+        BLOCKDEV_GROW,
+        BLOCKDEV_FIND,
+        BLOCKDEV_RENAME,
+        BLOCKDEV_SIZES,
+        OS_CREATE,
+        OS_RENAME,
+        OS_VERIFY,
+        OS_DIAGNOSE,
+        HOOKS_RUN,
+    )
+}

@@ -1,0 +1,1 @@
+"""Corral store package."""
