@@ -18,6 +18,7 @@ statuses by ``api/errors.py``) and structured fields; ``str()`` builds the messa
     ├── OsError                      an OS definition (missing, invalid, script failed)
     ├── HookError                    a pre-hook refused an operation
     ├── RpcError                     master <-> node transport (unreachable, TLS, timeout)
+    │   └── TlsError                 certificates: missing, unreadable, invalid, not ours
     ├── JobError                     the job queue (unknown job, wrong state, canceled)
     │   └── JobCanceled              raised inside an operation when its job is canceled
     └── OpError                      an operation's checks or execution
@@ -193,6 +194,10 @@ class RpcError(CorralError):
     default_kind = ErrorKind.ENVIRONMENT
 
 
+class TlsError(RpcError):
+    """A certificate or key is missing, unreadable or invalid, or cannot be created."""
+
+
 class JobError(CorralError):
     """A job-queue request failed (unknown job, wrong state for the request)."""
 
@@ -220,6 +225,7 @@ _REGISTRY: dict[str, type[CorralError]] = {
         OsError,
         HookError,
         RpcError,
+        TlsError,
         JobError,
         JobCanceled,
         OpError,

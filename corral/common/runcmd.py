@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import signal
 import subprocess
 from collections.abc import Mapping, Sequence
 from typing import Protocol
@@ -129,3 +130,79 @@ def _text(data: bytes | str | None) -> str:
     if isinstance(data, str):
         return data
     return data.decode("utf-8", errors="replace")
+
+
+def run_to_file(
+    argv: Sequence[str],
+    *,
+    output: str,
+    timeout: float,
+    env: Mapping[str, str] | None = None,
+    clear_env: bool = False,
+    cwd: str | None = None,
+    stdin_path: str | None = None,
+) -> int:
+    """Run a program whose stdout and stderr are appended to the file ``output``.
+
+    For scripts whose output is a log (OS definition scripts, hooks) rather than data to parse.
+    The program runs in its own session, so on timeout the whole process group (the script and
+    everything it started) is killed, not just the first process.
+
+    Args:
+        argv: the program and its arguments (no shell is involved).
+        output: file that receives stdout and stderr (created if missing, appended to).
+        timeout: seconds before the process group is killed.
+        env: extra environment variables; see :func:`run`.
+        clear_env: start from an empty environment plus a safe PATH.
+        cwd: working directory.
+        stdin_path: file to connect to stdin (default ``/dev/null``).
+
+    Returns:
+        The exit code (negative: killed by that signal). A non-zero code is not an error here;
+        the caller decides.
+
+    Raises:
+        CommandTimeout: the program ran longer than ``timeout``; its process group was killed.
+        CommandError: it could not be started (or ``output``/``stdin_path`` cannot be opened).
+    """
+    argv = [str(a) for a in argv]
+    full_env = {"PATH": SAFE_PATH} if clear_env else dict(os.environ)
+    if env:
+        full_env.update(env)
+    log.debug("run %s > %s", argv, output)
+    try:
+        with (
+            open(output, "ab") as out,
+            open(stdin_path or os.devnull, "rb") as stdin,
+        ):
+            proc = subprocess.Popen(  # noqa: S603 - argv list, never a shell
+                argv,
+                stdin=stdin,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=full_env,
+                cwd=cwd,
+                start_new_session=True,
+            )
+    except OSError as exc:
+        raise CommandError(argv, None, "", str(exc), message=f"cannot run {argv[0]!r}") from exc
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired as exc:
+        _kill_group(proc)
+        raise CommandTimeout(argv, timeout) from exc
+    except BaseException:
+        _kill_group(proc)
+        raise
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    """Kill the session/process group led by ``proc`` and reap ``proc``."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    except OSError:
+        log.warning("cannot kill process group %d", proc.pid, exc_info=True)
+        proc.kill()
+    proc.wait()

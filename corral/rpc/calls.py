@@ -101,6 +101,7 @@ class DiskRef(Msg):
     index: int
     volume: VolumeSpec
     mode: Literal["rw", "ro"] = "rw"
+    name: str = ""  # the disk's user-given name (OS scripts get it as DISK_<n>_NAME)
 
 
 class InstanceListRequest(Msg):

@@ -17,6 +17,8 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from corral.common.errors import ErrorKind, StorageError
+
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class StorageCapabilities:
@@ -91,6 +93,21 @@ class StorageDriver(abc.ABC):
         Raises:
             StorageError: the volume exists but cannot be inspected.
         """
+
+    def rename(self, vol: VolumeSpec, new_logical_id: str) -> VolumeInfo:
+        """Give the volume a new logical id (file disks follow their instance's name).
+
+        The default refuses: drivers that can rename override this.
+
+        Raises:
+            StorageError: renaming is not supported (kind INVALID), the volume is missing
+                (NOT_FOUND), the new name is taken (EXISTS), or the rename failed.
+        """
+        raise StorageError(
+            f"{self.NAME} volumes cannot be renamed",
+            kind=ErrorKind.INVALID,
+            logical_id=vol.logical_id,
+        )
 
     @abc.abstractmethod
     def space(self, location: str) -> tuple[int, int]:

@@ -14,6 +14,7 @@ from corral.objects.params.spec import (
     Schema,
     as_bool,
     as_choice,
+    as_float,
     as_int,
     as_path,
     as_str,
@@ -57,9 +58,21 @@ def _cpu_type(value: Any) -> str | None:
     return None
 
 
+def _required(value: Any) -> str | None:
+    return None if value else "must not be empty"
+
+
 KVM_HVPARAMS = Schema.of(
     "hvparams/kvm",
     [
+        ParamSpec(
+            name="kvm_path",
+            coerce=as_path,
+            default="/usr/bin/qemu-system-x86_64",
+            check=_required,
+            type_name="path",
+            doc="The QEMU system emulator binary.",
+        ),
         ParamSpec(
             name="kernel_path",
             coerce=as_path,
@@ -89,6 +102,13 @@ KVM_HVPARAMS = Schema.of(
             check=_no_control,
             type_name="string",
             doc="Extra kernel command line arguments.",
+        ),
+        ParamSpec(
+            name="cdrom_image_path",
+            coerce=as_path,
+            default="",
+            type_name="path",
+            doc="ISO image attached read-only as an IDE cdrom; empty for none.",
         ),
         ParamSpec(
             name="boot_order",
@@ -197,7 +217,7 @@ FAKE_HVPARAMS = Schema.of(
     [
         ParamSpec(
             name="boot_delay",
-            coerce=lambda raw: float(raw),
+            coerce=as_float,
             default=0.0,
             check=in_range(0, 60),
             type_name="float",
