@@ -1,0 +1,58 @@
+# Corral — developer and demo entry points. See README.md.
+#
+#   make demo    install system packages, create .venv, init a single-host cluster, boot a VM
+#   make test    the whole suite: unit + integration on real QEMU (what CI runs)
+#   make check   ruff + mypy + unit tests (fast, no root)
+#   make bench   benchmarks (figures printed; see bench/README.md)
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PYTEST_ARGS ?=
+KERNEL_CACHE := $(CURDIR)/.cache/busybox
+
+.PHONY: all deps venv kernel test unit integration check lint typecheck demo demo-clean bench clean
+
+all: check
+
+deps:
+	scripts/install-deps.sh
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+# The guest kernel + initrd used by integration tests (fetched once with apt-get download).
+kernel:
+	corral/osdefs/busybox/prepare-kernel --cache $(KERNEL_CACHE) --out $(KERNEL_CACHE)/out >/dev/null
+
+test: deps venv kernel
+	CORRAL_TEST_KERNEL_DIR=$(KERNEL_CACHE)/out $(PY) -m pytest -q $(PYTEST_ARGS) tests
+
+unit: venv
+	$(PY) -m pytest -q $(PYTEST_ARGS) tests/unit
+
+lint: venv
+	$(VENV)/bin/ruff check corral tests bench
+	$(VENV)/bin/ruff format --check corral tests bench
+
+typecheck: venv
+	$(VENV)/bin/mypy
+
+check: lint typecheck unit
+
+demo: deps venv
+	scripts/demo.sh
+
+demo-clean: venv
+	scripts/demo.sh --clean
+
+bench: venv
+	$(PY) -m bench.run_all
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache build *.egg-info
