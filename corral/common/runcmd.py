@@ -10,6 +10,7 @@ Drivers take a :class:`Runner` so tests can inject a replaying fake (tests/unit/
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -141,12 +142,14 @@ def run_to_file(
     clear_env: bool = False,
     cwd: str | None = None,
     stdin_path: str | None = None,
+    kill_grace: float = 5.0,
 ) -> int:
     """Run a program whose stdout and stderr are appended to the file ``output``.
 
     For scripts whose output is a log (OS definition scripts, hooks) rather than data to parse.
     The program runs in its own session, so on timeout the whole process group (the script and
-    everything it started) is killed, not just the first process.
+    everything it started) is stopped, not just the first process: SIGTERM first, so scripts
+    can remove their temporary files, then SIGKILL after ``kill_grace`` seconds.
 
     Args:
         argv: the program and its arguments (no shell is involved).
@@ -156,6 +159,7 @@ def run_to_file(
         clear_env: start from an empty environment plus a safe PATH.
         cwd: working directory.
         stdin_path: file to connect to stdin (default ``/dev/null``).
+        kill_grace: seconds between SIGTERM and SIGKILL when the timeout expires.
 
     Returns:
         The exit code (negative: killed by that signal). A non-zero code is not an error here;
@@ -189,20 +193,31 @@ def run_to_file(
     try:
         return proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired as exc:
-        _kill_group(proc)
+        _stop_group(proc, kill_grace)
         raise CommandTimeout(argv, timeout) from exc
     except BaseException:
-        _kill_group(proc)
+        _stop_group(proc, 0)
         raise
 
 
-def _kill_group(proc: subprocess.Popen[bytes]) -> None:
-    """Kill the session/process group led by ``proc`` and reap ``proc``."""
+def _stop_group(proc: subprocess.Popen[bytes], grace: float) -> None:
+    """Stop the process group led by ``proc`` (TERM, then KILL after ``grace``); reap ``proc``."""
+    if grace > 0:
+        _signal_group(proc, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=grace)
+    # NOTE: KILL the group even when the leader exited after TERM: children it started may
+    # still run (and hold the log file open).
+    _signal_group(proc, signal.SIGKILL)
+    proc.wait()
+
+
+def _signal_group(proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:
     try:
-        os.killpg(proc.pid, signal.SIGKILL)
+        os.killpg(proc.pid, sig)
     except ProcessLookupError:
         pass
     except OSError:
-        log.warning("cannot kill process group %d", proc.pid, exc_info=True)
-        proc.kill()
-    proc.wait()
+        log.warning("cannot signal process group %d", proc.pid, exc_info=True)
+        if proc.poll() is None:
+            proc.send_signal(sig)

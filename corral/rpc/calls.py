@@ -337,19 +337,13 @@ HV_VERIFY = Call("hv_verify", HvVerifyRequest, HvVerifyResponse, 60)
 HV_VALIDATE = Call("hv_validate_params", HvValidateRequest, Empty, 30)
 INSTANCE_LIST = Call("instance_list", InstanceListRequest, InstanceListResponse, 30)
 INSTANCE_INFO = Call("instance_info", InstanceInfoRequest, InstanceInfoResponse, 30)
-ALL_INSTANCES_INFO = Call(
-    "all_instances_info", InstanceListRequest, AllInstancesInfoResponse, 60
-)
+ALL_INSTANCES_INFO = Call("all_instances_info", InstanceListRequest, AllInstancesInfoResponse, 60)
 INSTANCE_START = Call("instance_start", InstanceStartRequest, Empty, 300)
 #: The shutdown RPC waits the instance's own timeout plus this margin.
 INSTANCE_SHUTDOWN = Call("instance_shutdown", InstanceShutdownRequest, Empty, 60)
 INSTANCE_REBOOT = Call("instance_reboot", InstanceRebootRequest, Empty, 300)
-INSTANCE_BALLOON = Call(
-    "instance_balloon", InstanceBalloonRequest, InstanceBalloonResponse, 120
-)
-INSTANCE_CONSOLE = Call(
-    "instance_console", InstanceConsoleRequest, InstanceConsoleResponse, 30
-)
+INSTANCE_BALLOON = Call("instance_balloon", InstanceBalloonRequest, InstanceBalloonResponse, 120)
+INSTANCE_CONSOLE = Call("instance_console", InstanceConsoleRequest, InstanceConsoleResponse, 30)
 BLOCKDEV_CREATE = Call("blockdev_create", BlockdevRequest, BlockdevInfoResponse, 600)
 BLOCKDEV_REMOVE = Call("blockdev_remove", BlockdevRequest, Empty, 300)
 BLOCKDEV_GROW = Call("blockdev_grow", BlockdevGrowRequest, BlockdevInfoResponse, 600)

@@ -1,4 +1,4 @@
-"""Ganeti OS definitions (API 20, 15 and 10): discovery, validation, environment, scripts.
+"""Ganeti OS definitions (API 20, 15 and 10): discovery, validation and the environment.
 
 An OS definition is a directory named after the OS (man ganeti-os-interface). Corral looks for
 it in :attr:`Paths.os_search_path` in order, then among the OSes shipped in the package
@@ -8,34 +8,25 @@ A definition is valid when ``ganeti_api_version`` lists a version Corral speaks 
 its scripts are executable regular files: ``create``, ``export``, ``import``, ``rename`` always,
 plus ``verify`` and ``parameters.list`` for API 20. ``variants.list`` is optional (API 15+).
 
-Scripts run with a cleared environment built by :func:`build_env` (COMPAT.md §3, Ganeti's
-``OSEnvironment``), the OS directory as working directory, stdin from /dev/null, their output
-going to ``<log_dir>/os/<kind>-<os>-<instance>-<timestamp>.log``, and a timeout after which the
-script and its children are killed. Corral adds two variables of its own, ``CORRAL_CACHE_DIR``
-and ``CORRAL_KERNELS_DIR``, which Ganeti OS definitions simply ignore.
-
-OS scripts see every disk as a raw file or block device. For qcow2 volumes the runner gives the
-script a temporary raw file of the same virtual size in the same directory and converts the
-result into the qcow2 image afterwards (``qemu-img convert -n``); the temporary file is removed
-whatever happens (see docs/os/definitions.md).
+Scripts get the environment built by :func:`build_env` (COMPAT.md §3, Ganeti's
+``OSEnvironment``) and nothing else. Corral adds two variables of its own, ``CORRAL_CACHE_DIR``
+and ``CORRAL_KERNELS_DIR``, which Ganeti OS definitions simply ignore. Running the scripts
+(log files, timeouts, raw views of qcow2 disks) is :mod:`corral.node.backend.osrun`'s job.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import datetime
 import logging
 import os
 import re
 import stat
-import tempfile
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import corral
 from corral.common import runcmd
-from corral.common.errors import CommandError, CommandTimeout, ErrorKind, OsError
+from corral.common.errors import ErrorKind, OsError
 from corral.common.paths import Paths
 from corral.hypervisor.base import InstanceSpec
 from corral.rpc.calls import OsInfo
@@ -53,15 +44,6 @@ BUILTIN_OS_DIR = os.path.join(os.path.dirname(os.path.abspath(corral.__file__)),
 #: OS names: a directory name, never a path.
 OS_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _PARAM_NAME_RE = re.compile(r"^[A-Za-z0-9_-]+$")
-
-#: Seconds a script may run (the RPC timeouts in rpc/calls.py are a little longer).
-CREATE_TIMEOUT = 3300.0
-RENAME_TIMEOUT = 540.0
-VERIFY_TIMEOUT = 100.0
-#: Converting a raw view back into a qcow2 image (bounded by disk size, not by the script).
-CONVERT_TIMEOUT = 3600.0
-#: Lines of a failing script's log quoted in the error.
-TAIL_LINES = 20
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -425,195 +407,3 @@ def build_env(
 def _ganeti_str(value: Any) -> str:
     """Format a parameter value the way Ganeti's ``str()`` does (``True``, ``False``, ``None``)."""
     return str(value)
-
-
-# --- running scripts ---------------------------------------------------------------------------
-
-
-def log_file_name(paths: Paths, kind: str, os_name: str, instance: str) -> str:
-    """A new, unique log file path ``<log_dir>/os/<kind>-<os>-<instance>-<timestamp>.log``.
-
-    The file is created (empty) so concurrent runs never share one.
-
-    Raises:
-        OsError: the log directory cannot be created or written.
-    """
-    directory = os.path.join(paths.log_dir, "os")
-    stamp = datetime.datetime.now().strftime("%Y-%m-%d_%H_%M_%S_%f")
-    base = os.path.join(directory, f"{kind}-{os_name}-{instance}-{stamp}")
-    try:
-        os.makedirs(directory, mode=0o750, exist_ok=True)
-        for attempt in range(100):
-            path = f"{base}.log" if attempt == 0 else f"{base}-{attempt}.log"
-            try:
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640)
-            except FileExistsError:
-                continue
-            os.close(fd)
-            return path
-    except OSError as exc:
-        raise OsError(f"cannot create OS log file in {directory}: {exc}") from exc
-    raise OsError(f"cannot create a unique OS log file {base}.log")
-
-
-def tail_lines(path: str, lines: int = TAIL_LINES) -> str:
-    """The last ``lines`` lines of a log file ("" if it cannot be read)."""
-    try:
-        with open(path, "rb") as fh:
-            size = fh.seek(0, os.SEEK_END)
-            fh.seek(max(0, size - 64 * 1024))
-            data = fh.read().decode("utf-8", errors="replace")
-    except OSError:
-        return ""
-    return "\n".join(data.rstrip("\n").splitlines()[-lines:])
-
-
-def run_script(
-    osdef: OsDefinition,
-    script: str,
-    *,
-    env: Mapping[str, str],
-    log_file: str,
-    timeout: float,
-    what: str,
-) -> str:
-    """Run one OS script with output to ``log_file``; return the last lines of its output.
-
-    Raises:
-        OsError: the script could not be started, exited non-zero or timed out; the message
-            quotes the last lines of its output and ``fields`` carry ``log_file`` and ``rc``.
-    """
-    argv = [osdef.script(script)]
-    try:
-        rc = runcmd.run_to_file(
-            argv, output=log_file, timeout=timeout, env=env, clear_env=True, cwd=osdef.path
-        )
-    except CommandTimeout as exc:
-        tail = tail_lines(log_file)
-        raise OsError(
-            f"OS {script} script of {osdef.name!r} for {what} timed out after {timeout:g}s; "
-            f"last lines of {log_file}:\n{tail}",
-            log_file=log_file,
-            output_tail=tail,
-        ) from exc
-    except CommandError as exc:
-        raise OsError(
-            f"cannot run the OS {script} script of {osdef.name!r}: {exc}", log_file=log_file
-        ) from exc
-    tail = tail_lines(log_file)
-    if rc != 0:
-        reason = f"exit code {rc}" if rc > 0 else f"killed by signal {-rc}"
-        raise OsError(
-            f"OS {script} script of {osdef.name!r} for {what} failed ({reason}); "
-            f"last lines of {log_file}:\n{tail}",
-            log_file=log_file,
-            rc=rc,
-            output_tail=tail,
-        )
-    return tail
-
-
-def run_verify(osdef: OsDefinition, env: Mapping[str, str]) -> None:
-    """Run ``verify parameters`` (API 20 only; older definitions have nothing to verify).
-
-    Raises:
-        OsError: (INVALID) the script rejected the parameters (its stderr in the message), or
-            it could not run / timed out (ENVIRONMENT).
-    """
-    if osdef.api_version < API_V20:
-        return
-    argv = [osdef.script("verify"), "parameters"]
-    try:
-        result = runcmd.run(
-            argv, timeout=VERIFY_TIMEOUT, env=env, clear_env=True, cwd=osdef.path, check=False
-        )
-    except CommandError as exc:
-        raise OsError(f"cannot run the verify script of OS {osdef.name!r}: {exc}") from exc
-    if not result.ok:
-        output = (result.stderr.strip() or result.stdout.strip())[-2000:]
-        raise OsError(
-            f"OS {osdef.name!r} rejected its parameters (verify exit code {result.rc}): {output}",
-            kind=ErrorKind.INVALID,
-            os=osdef.name,
-            rc=result.rc,
-        )
-
-
-# --- raw views of qcow2 volumes ----------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
-class ResolvedDisk:
-    """A disk found on this node: where its image is and in which format."""
-
-    env: DiskEnv
-    format: str  # raw | qcow2
-    virtual_bytes: int
-
-
-@contextlib.contextmanager
-def raw_views(
-    disks: Sequence[ResolvedDisk],
-    *,
-    copy_in: bool,
-    runner: runcmd.Runner = runcmd.run,
-) -> Iterator[tuple[list[DiskEnv], Callable[[], None]]]:
-    """Give OS scripts raw images: a temporary raw file per qcow2 disk.
-
-    Yields the disks as scripts see them (qcow2 ones pointing at their raw file) and a
-    ``commit`` function; calling it converts every writable raw view back into its qcow2
-    image with ``qemu-img convert -n -f raw -O qcow2``. When ``copy_in`` is set the raw file
-    starts as a copy of the image (rename, import), else as an empty sparse file (create).
-    The temporary files are removed on leaving the block, whatever happened.
-
-    Raises:
-        OsError: a raw view could not be made, or converting it back failed (the message
-            carries qemu-img's stderr).
-    """
-    temps: list[str] = []
-    views: list[DiskEnv] = []
-    pending: list[tuple[str, str]] = []  # (raw temp, qcow2 image)
-    try:
-        for disk in disks:
-            if disk.format != "qcow2":
-                views.append(disk.env)
-                continue
-            image = disk.env.path
-            try:
-                fd, tmp = tempfile.mkstemp(
-                    dir=os.path.dirname(image),
-                    prefix=f".{os.path.basename(image)}.",
-                    suffix=".raw",
-                )
-                os.close(fd)
-                temps.append(tmp)
-                if not copy_in:
-                    os.truncate(tmp, disk.virtual_bytes)
-            except OSError as exc:
-                raise OsError(f"cannot make a raw view of {image}: {exc}") from exc
-            if copy_in:
-                _convert(runner, ["-f", "qcow2", "-O", "raw", image, tmp], image)
-            views.append(dataclasses.replace(disk.env, path=tmp))
-            if disk.env.mode == "rw":
-                pending.append((tmp, image))
-
-        def commit() -> None:
-            for tmp, image in pending:
-                _convert(runner, ["-n", "-f", "raw", "-O", "qcow2", tmp, image], image)
-
-        yield views, commit
-    finally:
-        for tmp in temps:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-
-
-def _convert(runner: runcmd.Runner, args: list[str], image: str) -> None:
-    argv = ["qemu-img", "convert", *args]
-    try:
-        runner(argv, timeout=CONVERT_TIMEOUT, c_locale=True)
-    except CommandError as exc:
-        raise OsError(
-            f"cannot convert the raw view of {image}: {exc.stderr.strip() or exc.message}",
-            argv=argv,
-        ) from exc
