@@ -35,6 +35,13 @@ CONTEXT_FIELDS = ("job_id", "op", "instance", "node")
 
 _FORMAT = "%(asctime)s {name}[%(process)d] %(levelname)s %(name)s: %(message)s"
 _MARK = "_corral_handler"
+_NOISY = {
+    "asyncio": logging.INFO,
+    "httpcore": logging.WARNING,
+    "httpx": logging.WARNING,
+    "hpack": logging.WARNING,
+    "qemu": logging.INFO,
+}
 
 
 def parse_level(level: int | str) -> int:
@@ -90,10 +97,10 @@ def setup_logging(
             old.close()
     root.addHandler(handler)
     root.setLevel(numeric)
-    # Third-party libraries are chatty at DEBUG (every TLS and HTTP step); keep them at INFO
-    # unless asked for explicitly.
-    for noisy in ("asyncio", "httpcore", "httpx", "hpack", "qemu"):
-        logging.getLogger(noisy).setLevel(max(numeric, logging.INFO))
+    # Third-party libraries are chatty: httpx logs every request at INFO and httpcore every
+    # TLS/HTTP step at DEBUG (our RPC client logs each call itself), QMP each message.
+    for noisy, floor in _NOISY.items():
+        logging.getLogger(noisy).setLevel(max(numeric, floor))
 
 
 class ContextLogger(logging.LoggerAdapter[logging.Logger]):
@@ -141,4 +148,6 @@ class ContextLogger(logging.LoggerAdapter[logging.Logger]):
 
 def context_logger(name: str, **fields: Any) -> ContextLogger:
     """``ContextLogger(logging.getLogger(name), fields)`` (None values are dropped)."""
-    return ContextLogger(logging.getLogger(name), {k: v for k, v in fields.items() if v is not None})
+    return ContextLogger(
+        logging.getLogger(name), {k: v for k, v in fields.items() if v is not None}
+    )

@@ -52,6 +52,9 @@ Resp = TypeVar("Resp", bound=Msg)
 #: Longest time spent connecting (TCP + TLS handshake), whatever the call's timeout.
 CONNECT_TIMEOUT = 10.0
 
+#: Extra seconds before the overall deadline cancels a call httpx has not timed out itself.
+_BACKSTOP = 5.0
+
 #: TLS alerts a server sends when it does not accept our client certificate.
 _CLIENT_CERT_ALERTS = (
     "ALERT_UNKNOWN_CA",
@@ -155,12 +158,17 @@ class RpcClient:
         body = codec.encode_request(call, request)
         start = time.monotonic()
         log.debug("--> %s %s (timeout %gs)", node, call.name, limit)
+        connect_limit = min(limit, CONNECT_TIMEOUT)
         try:
-            async with asyncio.timeout(limit):
+            # NOTE: httpx's own timeouts do the work (connect, then each read/write: the node
+            # sends nothing until the call is done, so the read timeout bounds the call).
+            # asyncio.timeout is only a backstop for a peer trickling bytes: cancelling httpcore
+            # in the middle of a TLS handshake leaks the socket (httpcore 1.0).
+            async with asyncio.timeout(limit + _BACKSTOP):
                 response = await self._http.post(
                     f"{node.base_url}/rpc/{call.name}",
                     content=body,
-                    timeout=httpx.Timeout(limit, connect=min(limit, CONNECT_TIMEOUT)),
+                    timeout=httpx.Timeout(limit, connect=connect_limit),
                     # NOTE: the server name is the node's name, so TLS checks the certificate
                     # against the name (a DNS SAN), not against whatever address we dialed.
                     extensions={"sni_hostname": node.name},
@@ -170,10 +178,15 @@ class RpcClient:
         except httpx.TimeoutException as exc:
             if isinstance(exc, httpx.ConnectTimeout):
                 raise _error(
-                    node, call, "unreachable", f"unreachable: no connection within {limit:g}s"
+                    node,
+                    call,
+                    "unreachable",
+                    f"unreachable: no connection (TCP and TLS) within {connect_limit:g}s",
                 ) from exc
             raise _timeout_error(node, call, limit) from exc
-        except httpx.TransportError as exc:
+        except (httpx.TransportError, ssl.SSLError, OSError) as exc:
+            # NOTE: httpcore's anyio backend lets ssl.SSLError raised while *reading* escape
+            # unwrapped; that is where a TLS 1.3 server's "unknown ca" alert shows up.
             raise _transport_error(node, call, exc) from exc
         elapsed = time.monotonic() - start
         log.debug("<-- %s %s: HTTP %d in %.3fs", node, call.name, response.status_code, elapsed)
@@ -246,19 +259,11 @@ def _causes(exc: BaseException) -> Iterable[BaseException]:
         cur = cur.__cause__ or cur.__context__
 
 
-def _transport_error(
-    node: NodeAddress, call: Call[Any, Any], exc: httpx.TransportError
-) -> RpcError:
+def _transport_error(node: NodeAddress, call: Call[Any, Any], exc: Exception) -> RpcError:
     """Name what went wrong below HTTP: refused, TLS rejected by either side, reset."""
     for cause in _causes(exc):
         if isinstance(cause, ssl.SSLCertVerificationError):
-            return _error(
-                node,
-                call,
-                "tls_server_rejected",
-                "presented a certificate we do not accept "
-                f"({cause.verify_message}; expected one for {node.name} from the cluster CA)",
-            )
+            return _error(node, call, "tls_server_rejected", _server_cert_text(node, cause))
         if isinstance(cause, ssl.SSLError):
             reason = cause.reason or ""
             if any(alert in reason for alert in _CLIENT_CERT_ALERTS):
@@ -266,8 +271,8 @@ def _transport_error(
                     node,
                     call,
                     "tls_client_rejected",
-                    f"refused our certificate ({reason.lower().replace('_', ' ')}; "
-                    "is this node in another cluster, or our certificate outdated?)",
+                    f"refused our certificate (TLS alert: {_alert_text(reason)}; "
+                    "is the node in another cluster, or our certificate outdated?)",
                 )
             return _error(node, call, "unreachable", f"TLS handshake failed ({cause})")
         if isinstance(cause, ConnectionRefusedError):
@@ -295,3 +300,25 @@ def _transport_error(
     if isinstance(exc, httpx.ConnectError):
         return _error(node, call, "unreachable", f"unreachable: {exc}")
     return _error(node, call, "unreachable", f"connection failed: {exc}")
+
+
+#: OpenSSL verify codes meaning "not issued by a CA we trust".
+_UNTRUSTED_CODES = frozenset({18, 19, 20, 21})
+_HOSTNAME_MISMATCH = 62
+
+
+def _server_cert_text(node: NodeAddress, exc: ssl.SSLCertVerificationError) -> str:
+    why = exc.verify_message or str(exc)
+    if exc.verify_code == _HOSTNAME_MISMATCH:
+        return (
+            f"presented a certificate that is not for {node.name} "
+            "(is another node at this address?)"
+        )
+    if exc.verify_code in _UNTRUSTED_CODES:
+        return f"presented a certificate not signed by our cluster CA ({why})"
+    return f"presented a certificate we do not accept ({why})"
+
+
+def _alert_text(reason: str) -> str:
+    """``TLSV1_ALERT_UNKNOWN_CA`` -> ``unknown ca``."""
+    return reason.split("ALERT_", 1)[-1].replace("_", " ").lower()

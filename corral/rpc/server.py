@@ -2,7 +2,7 @@
 
 One asyncio task per connection:
 
-1. TCP accept, then the TLS handshake (``StreamWriter.start_tls``) with a context that requires
+1. TCP accept, then the TLS handshake (:class:`TlsStream`) with a context that requires
    a client certificate signed by the cluster CA (``tls.server_ssl_context``). A caller whose
    certificate is missing, expired or from another CA fails the handshake; it is logged once
    at WARNING ("refused caller 127.0.0.9:40112: ...") and the connection is closed.
@@ -57,6 +57,112 @@ class Dispatcher(Protocol):
 
     def handle(self, name: str, body: bytes) -> Reply:
         """Run call ``name`` on ``body`` (blocking; called in a worker thread)."""
+
+
+class TlsStream:
+    """Server side of TLS over an asyncio stream, with ``ssl.SSLObject`` and memory BIOs.
+
+    NOTE: asyncio's own TLS (``start_tls``, Python 3.11) drops the alert OpenSSL produces when
+    a handshake fails and then aborts the socket, so a refused caller only sees "connection
+    reset" — with TLS 1.3, after it believed the handshake had succeeded. Driving the
+    ``SSLObject`` here lets the server send the alert ("unknown ca", "certificate required")
+    and close cleanly, so the caller can say *why* it was refused.
+    """
+
+    def __init__(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, ctx: ssl.SSLContext
+    ) -> None:
+        self._reader = reader
+        self._writer = writer
+        self._in = ssl.MemoryBIO()
+        self._out = ssl.MemoryBIO()
+        self._tls = ctx.wrap_bio(self._in, self._out, server_side=True)
+
+    async def _flush(self) -> None:
+        data = self._out.read()
+        if data:
+            self._writer.write(data)
+            await self._writer.drain()
+
+    async def _feed(self) -> None:
+        data = await self._reader.read(_READ_CHUNK)
+        if data:
+            self._in.write(data)
+        else:
+            self._in.write_eof()
+
+    async def handshake(self) -> None:
+        """Run the TLS handshake.
+
+        Raises:
+            ssl.SSLError: the handshake failed (e.g. the client certificate was refused); the
+                alert has been sent.
+            OSError: the connection failed.
+        """
+        while True:
+            try:
+                self._tls.do_handshake()
+            except ssl.SSLWantReadError:
+                await self._flush()
+                await self._feed()
+            except ssl.SSLError:
+                with contextlib.suppress(OSError):
+                    await self._flush()  # the alert tells the caller why
+                raise
+            else:
+                await self._flush()
+                return
+
+    async def abort_after_alert(self) -> None:
+        """After a failed handshake: stop writing, read what the caller still sends (briefly).
+
+        Closing a socket with unread data makes the kernel send a reset, which can overtake
+        the alert; reading until the caller closes (or 2 s) avoids that.
+        """
+        with contextlib.suppress(Exception):
+            if self._writer.can_write_eof():
+                self._writer.write_eof()
+            async with asyncio.timeout(2):
+                while await self._reader.read(_READ_CHUNK):
+                    pass
+
+    def peercert(self) -> Any:
+        """The verified client certificate as ``ssl.SSLSocket.getpeercert()`` returns it."""
+        return self._tls.getpeercert()
+
+    async def read(self) -> bytes:
+        """Read decrypted bytes; ``b""`` when the caller closed the connection.
+
+        Raises:
+            ssl.SSLError, OSError: the connection broke.
+        """
+        while True:
+            try:
+                data = self._tls.read(_READ_CHUNK)
+            except ssl.SSLWantReadError:
+                await self._flush()
+                await self._feed()
+            except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+                return b""
+            else:
+                await self._flush()
+                return data
+
+    async def write(self, data: bytes) -> None:
+        """Encrypt and send ``data``.
+
+        Raises:
+            ssl.SSLError, OSError: the connection broke.
+        """
+        self._tls.write(data)
+        await self._flush()
+
+    async def close_notify(self) -> None:
+        """Send the TLS close_notify alert (best effort)."""
+        with contextlib.suppress(ssl.SSLError, OSError):
+            self._tls.unwrap()
+        with contextlib.suppress(OSError):
+            await self._flush()
 
 
 class _HttpProblem(Exception):
@@ -161,14 +267,16 @@ class RpcServer:
         assert task is not None
         self._conns[task] = False
         peer = _addr(writer.get_extra_info("peername"))
+        stream = TlsStream(reader, writer, self._ssl)
         try:
             try:
-                await writer.start_tls(self._ssl, ssl_handshake_timeout=self._handshake_timeout)
+                await asyncio.wait_for(stream.handshake(), self._handshake_timeout)
             except (ssl.SSLError, OSError, TimeoutError) as exc:
                 log.warning("refused caller %s: %s", peer, _tls_reason(exc))
+                await stream.abort_after_alert()
                 return
-            caller = _caller_name(writer.get_extra_info("peercert"), peer)
-            await self._serve(reader, writer, caller)
+            caller = _caller_name(stream.peercert(), peer)
+            await self._serve(stream, caller)
         except asyncio.CancelledError:
             pass  # server stopping
         except (ConnectionError, ssl.SSLError, OSError) as exc:
@@ -181,13 +289,11 @@ class RpcServer:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(writer.wait_closed(), 2)
 
-    async def _serve(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, caller: str
-    ) -> None:
+    async def _serve(self, stream: TlsStream, caller: str) -> None:
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=64 * 1024)
         while not self._stopping:
             try:
-                got = await self._read_request(conn, reader)
+                got = await self._read_request(conn, stream)
                 if got is None:
                     return
                 request, body = got
@@ -209,16 +315,17 @@ class RpcServer:
             ]
             if close:
                 headers.append(("connection", "close"))
-            writer.write(conn.send(h11.Response(status_code=status, headers=headers)) or b"")
-            writer.write(conn.send(h11.Data(data=answer)) or b"")
-            writer.write(conn.send(h11.EndOfMessage()) or b"")
-            await writer.drain()
+            out = conn.send(h11.Response(status_code=status, headers=headers)) or b""
+            out += conn.send(h11.Data(data=answer)) or b""
+            out += conn.send(h11.EndOfMessage()) or b""
+            await stream.write(out)
             if close or conn.our_state is h11.MUST_CLOSE:
+                await stream.close_notify()
                 return
             conn.start_next_cycle()
 
     async def _read_request(
-        self, conn: h11.Connection, reader: asyncio.StreamReader
+        self, conn: h11.Connection, stream: TlsStream
     ) -> tuple[h11.Request, bytes] | None:
         """Read one whole request; None when the caller closed or stayed idle too long."""
         request: h11.Request | None = None
@@ -228,7 +335,7 @@ class RpcServer:
             event = conn.next_event()
             if event is h11.NEED_DATA:
                 try:
-                    data = await asyncio.wait_for(reader.read(_READ_CHUNK), self._idle_timeout)
+                    data = await asyncio.wait_for(stream.read(), self._idle_timeout)
                 except TimeoutError:
                     return None
                 conn.receive_data(data)
@@ -337,5 +444,12 @@ def _tls_reason(exc: BaseException) -> str:
         reason = exc.reason or str(exc)
         if reason == "PEER_DID_NOT_RETURN_A_CERTIFICATE":
             return "no client certificate"
+        if reason == "UNEXPECTED_EOF_WHILE_READING":
+            return (
+                "the caller hung up during the TLS handshake (does it not trust our certificate?)"
+            )
+        if "ALERT_" in reason:  # the caller aborted the handshake
+            alert = reason.split("ALERT_", 1)[1].replace("_", " ").lower()
+            return f"the caller aborted the TLS handshake (alert: {alert}; wrong cluster CA?)"
         return f"TLS handshake failed ({reason})"
     return f"connection failed during TLS handshake ({exc})"
