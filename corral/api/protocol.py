@@ -18,12 +18,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Protocol
 
+from corral.hypervisor.base import InstanceInfo
 from corral.objects.cluster import Cluster
 from corral.objects.instance import Instance
 from corral.objects.job import Job
 from corral.objects.node import Node
 from corral.objects.opcodes import OpCode
-from corral.hypervisor.base import InstanceInfo
 from corral.rpc.calls import NodeInfoResponse, OsInfo
 
 

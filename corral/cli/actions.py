@@ -1,0 +1,597 @@
+"""The CLI's actions: what each command does, shared by ``corral`` and the ``gnt-*`` commands.
+
+Every action takes the invocation context (:class:`~corral.cli.common.Cli`) and plain, already
+split arguments; it parses option values (raising :class:`UsageError` before anything is
+submitted), calls the API through ``CorralClient``, follows the job unless ``submit``, and
+prints. Failures propagate as ``CorralError``/``UsageError``/``ExitCode`` to
+:func:`~corral.cli.common.run_command`, which prints them and picks the exit code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import shlex
+import socket
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import corral
+from corral.cli.common import (
+    EXIT_CONFIRMATION,
+    EXIT_FAILURE,
+    EXIT_UNKNOWN_FIELD,
+    Cli,
+    ExitCode,
+    stdin_is_tty,
+)
+from corral.cli.output import (
+    format_timestamp,
+    plain_table,
+    print_json,
+    print_mapping,
+    query_records,
+    query_table,
+    rich_table,
+)
+from corral.cli.parsing import (
+    UsageError,
+    build_create_request,
+    parse_beparams,
+    parse_fields,
+    parse_hvparams,
+    parse_kv,
+    parse_size,
+)
+from corral.cli.progress import last_result, run_job, wait_job
+from corral.client import job_error
+
+#: Default columns (Ganeti's ``_LIST_DEF_FIELDS``).
+INSTANCE_LIST_DEFAULT = ["name", "hypervisor", "os", "pnode", "status", "oper_ram"]
+NODE_LIST_DEFAULT = [
+    "name",
+    "dtotal",
+    "dfree",
+    "mtotal",
+    "mnode",
+    "mfree",
+    "pinst_cnt",
+    "sinst_cnt",
+]
+JOB_LIST_DEFAULT = ["id", "status", "summary"]
+OS_LIST_DEFAULT = ["name"]
+
+#: Replaces the CLI process with the console command (tests substitute it).
+exec_console: Callable[[str, list[str]], Any] = os.execvp
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ListOptions:
+    """Options of every ``list`` command (Ganeti's)."""
+
+    fields: str | None = None
+    no_headers: bool = False
+    separator: str | None = None
+    units: str | None = None
+    verbose: bool = False
+
+
+def confirm(cli: Cli, question: str, *, force: bool) -> None:
+    """Ask before destroying data unless ``force``.
+
+    Raises:
+        ExitCode: 13 when there is no terminal to ask on (use --force), or the answer is no.
+    """
+    if force:
+        return
+    if not stdin_is_tty():
+        cli.error(f"{question}\nrefusing without confirmation: pass --force (or -f)")
+        raise ExitCode(EXIT_CONFIRMATION)
+    cli.err.print(f"{question} y/[n]: ", end="", markup=False)
+    if input().strip().lower() not in ("y", "yes"):
+        cli.error("aborted")
+        raise ExitCode(EXIT_CONFIRMATION)
+
+
+def show_query(
+    cli: Cli, resource: str, default: Sequence[str], names: Sequence[str], opts: ListOptions
+) -> None:
+    """Run a query and print it (Ganeti table, rich table or JSON).
+
+    Raises:
+        ExitCode: 14 when a field name is unknown.
+        CorralError: an unknown object name (NOT_FOUND) or an API failure.
+    """
+    fields = parse_fields(opts.fields, default)
+    result = cli.client().query(resource, fields, list(names) or None)
+    unknown = [f["name"] for f in result["fields"] if f["kind"] == "unknown"]
+    if unknown:
+        cli.error(f"unknown output field(s): {', '.join(unknown)} (see '{resource} list-fields')")
+        raise ExitCode(EXIT_UNKNOWN_FIELD)
+    if cli.json:
+        print_json(query_records(result))
+        return
+    units = opts.units or ("m" if opts.separator is not None else "h")
+    headers, rows = query_table(result, units=units, verbose=opts.verbose)
+    if cli.ganeti:
+        numeric = [f["kind"] in ("number", "unit") for f in result["fields"]]
+        text = plain_table(
+            headers, rows, no_headers=opts.no_headers, separator=opts.separator, numeric=numeric
+        )
+        cli.out.file.write(text)
+    elif opts.separator is not None or opts.no_headers:
+        cli.out.file.write(
+            plain_table(headers, rows, no_headers=opts.no_headers, separator=opts.separator)
+        )
+    else:
+        cli.out.print(rich_table(headers, rows))
+
+
+def list_fields(cli: Cli, resource: str, names: Sequence[str]) -> None:
+    """Print the fields a list command knows."""
+    defs = cli.client().query_fields(resource)
+    if names:
+        defs = [d for d in defs if d["name"] in set(names)]
+    if cli.json:
+        print_json(defs)
+        return
+    rows = [[d["name"], d["title"], d["doc"]] for d in defs]
+    cli.out.file.write(plain_table(["Name", "Title", "Description"], rows))
+
+
+# --- instances ---------------------------------------------------------------------------------
+
+
+def instance_add(cli: Cli, name: str, *, submit: bool, dry_run: bool = False, **opts: Any) -> None:
+    """Create an instance (options as ``gnt-instance add``); see ``build_create_request``."""
+    body = build_create_request(name=name, **opts)
+    job_id = cli.client().create_instance(body, dry_run=dry_run)
+    job = run_job(cli, job_id, submit=submit, what=f"creating {name}")
+    if job is not None and not cli.ganeti:
+        nodes = last_result(job)
+        where = f" on {', '.join(nodes)}" if isinstance(nodes, list) and nodes else ""
+        cli.print(f"instance {name} created{where}")
+
+
+def instance_list(cli: Cli, names: Sequence[str], opts: ListOptions) -> None:
+    """List instances."""
+    show_query(cli, "instance", INSTANCE_LIST_DEFAULT, names, opts)
+
+
+def instance_info(cli: Cli, names: Sequence[str], *, static: bool = False) -> None:
+    """Detailed information (the master's query-data result), one block per instance."""
+    client = cli.client()
+    targets = list(names) or client.instance_names()
+    data: dict[str, Any] = {}
+    for name in targets:
+        job = _quiet_job(cli, client.instance_info_job(name, static=static))
+        result = last_result(job)
+        info = result.get(name) if isinstance(result, dict) else None
+        data[name] = info if isinstance(info, dict) else client.instance(name)
+    if cli.json:
+        print_json(data if len(data) != 1 or not names else next(iter(data.values())))
+        return
+    for name, info in data.items():
+        cli.print(f"Instance name: {name}")
+        print_mapping(cli.out, {k: v for k, v in info.items() if k != "name"}, indent=1)
+
+
+def _quiet_job(cli: Cli, job_id: int) -> dict[str, Any]:
+    """Wait for a job without showing its log (reads such as query-data)."""
+    job = cli.client().follow_job(job_id)
+    err = job_error(job)
+    if err is not None:
+        raise err
+    return job
+
+
+def instance_start(
+    cli: Cli,
+    names: Sequence[str],
+    *,
+    submit: bool,
+    force: bool = False,
+    no_remember: bool = False,
+    paused: bool = False,
+    beparams: Sequence[str] = (),
+    hvparams: Sequence[str] = (),
+) -> None:
+    """Start instances."""
+    body: dict[str, Any] = {}
+    if paused:
+        body["startup_paused"] = True
+    if beparams:
+        body["beparams"] = parse_beparams(beparams)
+    if hvparams:
+        body["hvparams"] = parse_hvparams(hvparams)[1]
+    for name in _need_names(names):
+        job_id = cli.client().startup_instance(name, force=force, no_remember=no_remember, **body)
+        run_job(cli, job_id, submit=submit, what=f"starting {name}")
+
+
+def instance_stop(
+    cli: Cli,
+    names: Sequence[str],
+    *,
+    submit: bool,
+    timeout: int | None = None,
+    force: bool = False,
+    no_remember: bool = False,
+) -> None:
+    """Stop instances (soft for ``timeout`` seconds, then hard)."""
+    body: dict[str, Any] = {}
+    if timeout is not None:
+        body["timeout"] = timeout
+    if force:
+        body["force"] = True
+    for name in _need_names(names):
+        job_id = cli.client().shutdown_instance(name, no_remember=no_remember, **body)
+        run_job(cli, job_id, submit=submit, what=f"stopping {name}")
+
+
+def instance_reboot(
+    cli: Cli,
+    names: Sequence[str],
+    *,
+    submit: bool,
+    reboot_type: str = "hard",
+    shutdown_timeout: int | None = None,
+    ignore_secondaries: bool = False,
+) -> None:
+    """Reboot instances (soft, hard or full)."""
+    if reboot_type not in ("soft", "hard", "full"):
+        raise UsageError(f"--type: expected soft, hard or full, got {reboot_type!r}")
+    body = {"shutdown_timeout": shutdown_timeout} if shutdown_timeout is not None else {}
+    for name in _need_names(names):
+        job_id = cli.client().reboot_instance(
+            name, reboot_type=reboot_type, ignore_secondaries=ignore_secondaries, **body
+        )
+        run_job(cli, job_id, submit=submit, what=f"rebooting {name}")
+
+
+def instance_modify(
+    cli: Cli,
+    name: str,
+    *,
+    submit: bool,
+    beparams: Sequence[str] = (),
+    hvparams: Sequence[str] = (),
+    osparams: Sequence[str] = (),
+    runtime_memory: str | None = None,
+    os_type: str | None = None,
+    force: bool = False,
+) -> None:
+    """Change an instance's parameters; ``runtime_memory`` balloons a running guest."""
+    body: dict[str, Any] = {}
+    if beparams:
+        body["beparams"] = parse_beparams(beparams)
+    if hvparams:
+        hv, params = parse_hvparams(hvparams)
+        body["hvparams"] = params
+        if hv is not None:
+            cli.error(f"note: -H {hv}: the hypervisor of an existing instance is not changed")
+    osp: dict[str, Any] = {}
+    for value in osparams:
+        osp.update(parse_kv(value, "-O"))
+    if osp:
+        body["osparams"] = osp
+    if runtime_memory is not None:
+        body["runtime_mem"] = parse_size(runtime_memory, "-m/--runtime-memory")
+    if os_type:
+        body["os_name"] = os_type
+    if not body:
+        raise UsageError("nothing to change: give -B, -H, -O, -m/--runtime-memory or --os-type")
+    if force:
+        body["force"] = True
+    job_id = cli.client().modify_instance(name, **body)
+    job = run_job(cli, job_id, submit=submit, what=f"modifying {name}")
+    result = last_result(job)
+    if job is not None and isinstance(result, list) and result:
+        cli.print(f"Modified instance {name}")
+        for item in result:
+            if isinstance(item, list | tuple) and len(item) == 2:
+                cli.print(f" - {item[0]} -> {item[1]}")
+
+
+def instance_grow_disk(
+    cli: Cli,
+    name: str,
+    disk: str,
+    amount: str,
+    *,
+    submit: bool,
+    absolute: bool = False,
+    no_wait_for_sync: bool = False,
+) -> None:
+    """Grow one disk by ``amount`` (or to ``amount`` with ``absolute``)."""
+    try:
+        index = int(disk)
+    except ValueError:
+        raise UsageError(f"disk: expected a disk index (0, 1, ...), got {disk!r}") from None
+    mib = parse_size(amount, "amount")
+    job_id = cli.client().grow_disk(
+        name, index, mib, absolute=absolute, wait_for_sync=not no_wait_for_sync
+    )
+    run_job(cli, job_id, submit=submit, what=f"growing disk {index} of {name}")
+
+
+def instance_rename(cli: Cli, name: str, new_name: str, *, submit: bool) -> None:
+    """Rename an instance."""
+    job_id = cli.client().rename_instance(name, new_name)
+    run_job(cli, job_id, submit=submit, what=f"renaming {name} to {new_name}")
+
+
+def instance_reinstall(
+    cli: Cli,
+    names: Sequence[str],
+    *,
+    submit: bool,
+    os_type: str | None,
+    osparams: Sequence[str] = (),
+    force: bool = False,
+    start: bool = False,
+) -> None:
+    """Reinstall the OS of instances (their disks are overwritten)."""
+    osp: dict[str, Any] = {}
+    for value in osparams:
+        osp.update(parse_kv(value, "-O"))
+    for name in _need_names(names):
+        confirm(cli, f"This will reinstall the instance {name} and remove all data.", force=force)
+        job_id = cli.client().reinstall_instance(
+            name, os=os_type, osparams=osp or None, start=start
+        )
+        run_job(cli, job_id, submit=submit, what=f"reinstalling {name}")
+
+
+def instance_remove(
+    cli: Cli,
+    name: str,
+    *,
+    submit: bool,
+    force: bool = False,
+    ignore_failures: bool = False,
+    shutdown_timeout: int | None = None,
+) -> None:
+    """Remove an instance and its disks."""
+    confirm(
+        cli,
+        f"This will remove the volumes of the instance {name}, thus removing all the "
+        "data of the instance.",
+        force=force,
+    )
+    body: dict[str, Any] = {}
+    if ignore_failures:
+        body["ignore_failures"] = True
+    if shutdown_timeout is not None:
+        body["shutdown_timeout"] = shutdown_timeout
+    job_id = cli.client().remove_instance(name, **body)
+    run_job(cli, job_id, submit=submit, what=f"removing {name}")
+
+
+def instance_tags(
+    cli: Cli, action: str, name: str, tags: Sequence[str], *, submit: bool = False
+) -> None:
+    """``list``, ``add`` or ``remove`` instance tags."""
+    client = cli.client()
+    if action == "list":
+        for tag in sorted(client.instance_tags(name)):
+            cli.print(tag)
+        return
+    if not tags:
+        raise UsageError(f"{action}-tags: give at least one tag")
+    if action == "add":
+        job_id = client.add_instance_tags(name, tags)
+    else:
+        job_id = client.remove_instance_tags(name, tags)
+    run_job(cli, job_id, submit=submit)
+
+
+def is_local_host(host: str) -> bool:
+    """Whether ``host`` names this machine (loopback, our hostname, or one of our addresses)."""
+    if not host or host in ("localhost", socket.gethostname(), socket.getfqdn()):
+        return True
+    try:
+        addr = ipaddress.ip_address(host)
+    except ValueError:
+        try:
+            addr = ipaddress.ip_address(socket.gethostbyname(host))
+        except (OSError, ValueError):
+            return False
+    if addr.is_loopback:
+        return True
+    family = socket.AF_INET6 if addr.version == 6 else socket.AF_INET
+    # NOTE: binding succeeds only for an address configured on this host.
+    with socket.socket(family, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.bind((str(addr), 0))
+        except OSError:
+            return False
+    return True
+
+
+def instance_console(cli: Cli, name: str, *, show_cmd: bool = False) -> int:
+    """Connect to an instance's console (runs the console command; does not return then)."""
+    console = cli.client().console(name)
+    kind = console.get("kind")
+    if kind == "msg":
+        cli.error(str(console.get("message", "")))
+        return EXIT_FAILURE
+    if kind in ("vnc", "spice"):
+        port = console.get("port")
+        display = f" (display {int(port) - 5900})" if kind == "vnc" and port else ""
+        cli.print(
+            f"Instance {name} has {kind.upper()} listening on {console.get('host')}:{port}{display}"
+        )
+        return 0
+    command = [str(a) for a in console.get("command") or []]
+    if not command:
+        raise UsageError(f"the master gave no console command for {name}: {console!r}")
+    host = str(console.get("host") or "")
+    if not is_local_host(host):
+        user = str(console.get("user") or "root")
+        command = ["ssh", "-t", "-q", "-oBatchMode=yes", f"{user}@{host}", shlex.join(command)]
+    if show_cmd:
+        cli.print(shlex.join(command))
+        return 0
+    if cli.err.is_terminal:
+        cli.error(
+            f"Connecting to the console of {name}; press Ctrl-] or the escape of "
+            f"{command[0]} to leave"
+        )
+    exec_console(command[0], command)
+    return 0
+
+
+def _need_names(names: Sequence[str]) -> list[str]:
+    if not names:
+        raise UsageError("no instance name given")
+    return list(names)
+
+
+# --- jobs, nodes, OS, cluster --------------------------------------------------------------
+
+
+def job_list(cli: Cli, ids: Sequence[str], opts: ListOptions) -> None:
+    """List jobs."""
+    show_query(cli, "job", JOB_LIST_DEFAULT, [str(_job_id(i)) for i in ids], opts)
+
+
+def _job_id(raw: str | int) -> int:
+    try:
+        return int(raw)
+    except ValueError:
+        raise UsageError(f"job id: expected a number, got {raw!r}") from None
+
+
+def job_info(cli: Cli, ids: Sequence[str]) -> None:
+    """Show jobs in detail (ops, statuses, results, log)."""
+    client = cli.client()
+    targets = [_job_id(i) for i in ids] or client.job_ids()
+    jobs = [client.job(i) for i in targets]
+    if cli.json:
+        print_json(jobs if len(jobs) != 1 else jobs[0])
+        return
+    for job in jobs:
+        cli.print(f"Job ID: {job['id']}")
+        cli.print(f"  Status: {job['status']}")
+        for label, key in (
+            ("Received", "received_ts"),
+            ("Processing start", "start_ts"),
+            ("Processing end", "end_ts"),
+        ):
+            value = job.get(key)
+            cli.print(f"  {label}: {format_timestamp(value) if value else 'N/A'}")
+        cli.print("  Opcodes:")
+        for i, op in enumerate(job.get("ops") or []):
+            cli.print(f"    OP_ID: {op.get('OP_ID')}")
+            cli.print(f"    Status: {(job.get('opstatus') or ['?'] * (i + 1))[i]}")
+            params = {k: v for k, v in op.items() if k not in ("OP_ID", "reason")}
+            print_mapping(cli.out, {"Input fields": params}, indent=2)
+            result = (job.get("opresult") or [None] * (i + 1))[i]
+            cli.print(f"      Result: {result!r}" if result is not None else "      No output data")
+            log = (job.get("oplog") or [[]] * (i + 1))[i]
+            if log:
+                cli.print("      Execution log:")
+                for entry in log:
+                    cli.print(f"        {format_timestamp(entry[1])} {entry[2]} {entry[3]}")
+
+
+def job_watch(cli: Cli, job_id: str) -> None:
+    """Follow a job's log until it ends; fail if the job failed."""
+    jid = _job_id(job_id)
+    if cli.ganeti:
+        cli.print(f"Output from job {jid} follows")
+    job = wait_job(cli, jid)
+    if not cli.ganeti and not cli.json:
+        cli.print(f"job {jid}: {job['status']}")
+
+
+def job_cancel(cli: Cli, ids: Sequence[str]) -> None:
+    """Cancel jobs that have not started.
+
+    Raises:
+        ExitCode: 1 when one of them could not be canceled.
+    """
+    if not ids:
+        raise UsageError("no job id given")
+    failed = False
+    for raw in ids:
+        ok, message = cli.client().cancel_job(_job_id(raw))
+        (cli.print if ok else cli.error)(message)
+        failed |= not ok
+    if failed:
+        raise ExitCode(EXIT_FAILURE)
+
+
+def node_list(cli: Cli, names: Sequence[str], opts: ListOptions) -> None:
+    """List nodes."""
+    show_query(cli, "node", NODE_LIST_DEFAULT, names, opts)
+
+
+def node_info(cli: Cli, names: Sequence[str]) -> None:
+    """Show nodes in detail."""
+    client = cli.client()
+    nodes = [client.node(n) for n in (list(names) or client.node_names())]
+    if cli.json:
+        print_json(nodes if len(nodes) != 1 or not names else nodes[0])
+        return
+    for node in nodes:
+        cli.print(f"Node name: {node['name']}")
+        print_mapping(cli.out, {k: v for k, v in node.items() if k != "name"}, indent=1)
+
+
+def os_list(cli: Cli, *, no_headers: bool = False) -> None:
+    """List the valid OS names (with variants)."""
+    names = cli.client().os_names()
+    if cli.json:
+        print_json(names)
+        return
+    if not no_headers:
+        cli.print("Name")
+    for name in names:
+        cli.print(name)
+
+
+def os_diagnose(cli: Cli) -> None:
+    """Show every OS definition found and why an invalid one is invalid."""
+    fields = ["name", "valid", "variants", "api_versions", "path", "diagnose"]
+    result = cli.client().query("os", fields)
+    records = query_records(result)
+    if cli.json:
+        print_json(records)
+        return
+    for rec in records:
+        status = "valid" if rec["valid"] else f"invalid - {rec['diagnose']}"
+        cli.print(f"OS: {rec['name']} [global status: {status}]")
+        cli.print(f"  path: {rec['path']}")
+        cli.print(f"  API versions: {', '.join(str(v) for v in rec['api_versions'] or [])}")
+        if rec["variants"]:
+            cli.print(f"  variants: {', '.join(rec['variants'])}")
+        cli.print()
+
+
+def cluster_info(cli: Cli) -> None:
+    """Show cluster information."""
+    info = cli.client().info()
+    if cli.json:
+        print_json(info)
+        return
+    cli.print(f"Cluster name: {info.get('name')}")
+    cli.print(f"Master node: {info.get('master')}")
+    print_mapping(cli.out, {k: v for k, v in info.items() if k not in ("name", "master")})
+
+
+def cluster_getmaster(cli: Cli) -> None:
+    """Print the master node's name."""
+    cli.print(str(cli.client().info().get("master")))
+
+
+def cluster_version(cli: Cli) -> None:
+    """Print software and protocol versions (of the CLI and, if reachable, the master)."""
+    cli.print(f"Software version: {corral.__version__}")
+    cli.print(f"Internode protocol: {corral.PROTOCOL_VERSION}")
+    cli.print("Configuration format: 1")
+    cli.print("OS api version: 20")
+    cli.print("Export interface: 0")
+    cli.print("RAPI version: 2")

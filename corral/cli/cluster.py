@@ -1,0 +1,210 @@
+"""``corral cluster init|info|destroy|version|getmaster``.
+
+``init`` and ``destroy`` work on this host's files directly (``master/bootstrap.py``) and
+start/stop the daemons; everything else goes through the API.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Sequence
+from typing import Annotated, Any
+
+import typer
+
+from corral.cli import actions
+from corral.cli.common import Cli, run_command
+from corral.cli.daemons import start_daemons, stop_daemons
+from corral.cli.parsing import UsageError, parse_beparams, parse_hv_option, parse_kv
+from corral.common.paths import DEFAULT_NODED_PORT, DEFAULT_RAPI_PORT
+
+app = typer.Typer(help="Cluster-wide commands.", no_args_is_help=True)
+
+
+def default_node_address(node_name: str) -> str:
+    """The address ``node_name`` resolves to (127.0.0.1 if it does not resolve)."""
+    try:
+        return socket.gethostbyname(node_name)
+    except OSError:
+        return "127.0.0.1"
+
+
+def cluster_init(
+    cli: Cli,
+    name: str,
+    *,
+    enabled_hypervisors: str = "kvm",
+    file_storage_dir: str | None = None,
+    node_name: str | None = None,
+    node_address: str | None = None,
+    rapi_port: int = DEFAULT_RAPI_PORT,
+    rapi_bind: str | None = None,
+    noded_port: int = DEFAULT_NODED_PORT,
+    hvparams: Sequence[str] = (),
+    beparams: Sequence[str] = (),
+    nicparams: Sequence[str] = (),
+    enabled_disk_templates: str | None = None,
+    mac_prefix: str | None = None,
+    start: bool = True,
+) -> None:
+    """Initialise a cluster on this host and start its daemons.
+
+    Raises:
+        UsageError: an option value cannot be parsed.
+        CorralError: the master's bootstrap refused (naming the field), or a daemon failed.
+    """
+    from corral.master.bootstrap import admin_password_file, init_cluster
+
+    hvs = [h.strip() for h in enabled_hypervisors.split(",") if h.strip()]
+    if not hvs:
+        raise UsageError("--enabled-hypervisors: give at least one hypervisor (e.g. kvm,fake)")
+    hv_params: dict[str, dict[str, Any]] = {}
+    for value in hvparams:
+        hv, params = parse_hv_option(value)
+        if hv is None:
+            raise UsageError(f"-H: name the hypervisor, e.g. -H kvm:{value}")
+        hv_params.setdefault(hv, {}).update(params)
+    nic: dict[str, Any] = {}
+    for value in nicparams:
+        nic.update(parse_kv(value, "-N"))
+    node = node_name or socket.gethostname()
+    kwargs: dict[str, Any] = {
+        "cluster_name": name,
+        "node_name": node,
+        "node_address": node_address or default_node_address(node),
+        "enabled_hypervisors": hvs,
+        "file_storage_dir": file_storage_dir,
+        "rapi_port": rapi_port,
+        "rapi_bind": rapi_bind,
+        "noded_port": noded_port,
+        "hvparams": hv_params,
+        "beparams": parse_beparams(beparams),
+        "nicparams": nic,
+    }
+    if enabled_disk_templates:
+        kwargs["enabled_disk_templates"] = [t.strip() for t in enabled_disk_templates.split(",")]
+    if mac_prefix:
+        kwargs["mac_prefix"] = mac_prefix
+    cluster = init_cluster(cli.paths, **kwargs)
+    cli.print(
+        f"Cluster {cluster.name} initialised; master node {cluster.master_node} "
+        f"({kwargs['node_address']})"
+    )
+    cli.print(f"RAPI user 'admin': password in {admin_password_file(cli.paths)}")
+    if start:
+        start_daemons(cli.paths, cli=cli)
+
+
+def cluster_destroy(cli: Cli, *, yes_do_it: bool, force: bool = False) -> None:
+    """Stop the daemons and remove the cluster's state from this host.
+
+    Raises:
+        UsageError: ``--yes-do-it`` was not given.
+        CorralError: instances remain (remove them first) or a file cannot be removed.
+    """
+    from corral.master.bootstrap import destroy_cluster
+
+    if not yes_do_it:
+        raise UsageError(
+            "destroying a cluster is irreversible; if you really want to destroy this "
+            "cluster, supply the --yes-do-it option"
+        )
+    stop_daemons(cli.paths, cli=cli)
+    destroy_cluster(cli.paths, force=force)
+    cli.print("Cluster destroyed")
+
+
+@app.command("init")
+def init_cmd(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="The cluster's name.")],
+    enabled_hypervisors: Annotated[
+        str,
+        typer.Option("--enabled-hypervisors", help="Comma-separated; the first is the default."),
+    ] = "kvm",
+    file_storage_dir: Annotated[
+        str | None, typer.Option("--file-storage-dir", help="Where file disks go.")
+    ] = None,
+    node_name: Annotated[str | None, typer.Option("--node-name", help="This node's name.")] = None,
+    node_address: Annotated[
+        str | None,
+        typer.Option("--node-address", help="This node's IP (node daemon listens there)."),
+    ] = None,
+    rapi_port: Annotated[int, typer.Option("--rapi-port")] = DEFAULT_RAPI_PORT,
+    rapi_bind: Annotated[str | None, typer.Option("--rapi-bind", help="RAPI address.")] = None,
+    noded_port: Annotated[int, typer.Option("--noded-port")] = DEFAULT_NODED_PORT,
+    hvparams: Annotated[
+        list[str] | None,
+        typer.Option("-H", "--hypervisor-parameters", help="hv:key=value,... (repeatable)."),
+    ] = None,
+    beparams: Annotated[
+        list[str] | None,
+        typer.Option("-B", "--backend-parameters", help="key=value,... e.g. memory=256M,vcpus=1"),
+    ] = None,
+    nicparams: Annotated[
+        list[str] | None, typer.Option("-N", "--nic-parameters", help="key=value,...")
+    ] = None,
+    enabled_disk_templates: Annotated[str | None, typer.Option("--enabled-disk-templates")] = None,
+    mac_prefix: Annotated[str | None, typer.Option("--mac-prefix")] = None,
+    no_start: Annotated[bool, typer.Option("--no-start", help="Do not start the daemons.")] = False,
+) -> None:
+    """Initialise a cluster with this host as master, and start the daemons."""
+    cli: Cli = ctx.obj
+    raise typer.Exit(
+        run_command(
+            cli,
+            lambda: cluster_init(
+                cli,
+                name,
+                enabled_hypervisors=enabled_hypervisors,
+                file_storage_dir=file_storage_dir,
+                node_name=node_name,
+                node_address=node_address,
+                rapi_port=rapi_port,
+                rapi_bind=rapi_bind,
+                noded_port=noded_port,
+                hvparams=hvparams or [],
+                beparams=beparams or [],
+                nicparams=nicparams or [],
+                enabled_disk_templates=enabled_disk_templates,
+                mac_prefix=mac_prefix,
+                start=not no_start,
+            ),
+        )
+    )
+
+
+@app.command("info")
+def info_cmd(ctx: typer.Context) -> None:
+    """Show cluster information."""
+    cli: Cli = ctx.obj
+    raise typer.Exit(run_command(cli, lambda: actions.cluster_info(cli)))
+
+
+@app.command("getmaster")
+def getmaster_cmd(ctx: typer.Context) -> None:
+    """Print the master node's name."""
+    cli: Cli = ctx.obj
+    raise typer.Exit(run_command(cli, lambda: actions.cluster_getmaster(cli)))
+
+
+@app.command("version")
+def version_cmd(ctx: typer.Context) -> None:
+    """Print Corral's versions."""
+    cli: Cli = ctx.obj
+    raise typer.Exit(run_command(cli, lambda: actions.cluster_version(cli)))
+
+
+@app.command("destroy")
+def destroy_cmd(
+    ctx: typer.Context,
+    yes_do_it: Annotated[
+        bool, typer.Option("--yes-do-it", help="Confirm the destruction.")
+    ] = False,
+    force: Annotated[bool, typer.Option("--force", help="Even if instances remain.")] = False,
+) -> None:
+    """Stop the daemons and remove the cluster's state from this host."""
+    cli: Cli = ctx.obj
+    raise typer.Exit(
+        run_command(cli, lambda: cluster_destroy(cli, yes_do_it=yes_do_it, force=force))
+    )

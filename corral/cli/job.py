@@ -1,0 +1,52 @@
+"""``corral job list|info|watch|cancel``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Annotated
+
+import typer
+
+from corral.cli import actions
+from corral.cli.actions import ListOptions
+from corral.cli.common import Cli, run_command
+
+app = typer.Typer(help="Job queue commands.", no_args_is_help=True)
+
+
+def _run(ctx: typer.Context, action: Callable[[Cli], int | None]) -> None:
+    cli: Cli = ctx.obj
+    raise typer.Exit(run_command(cli, lambda: action(cli)))
+
+
+@app.command("list")
+def list_cmd(
+    ctx: typer.Context,
+    ids: Annotated[list[str] | None, typer.Argument(help="Only these jobs.")] = None,
+    fields: Annotated[
+        str | None, typer.Option("-o", "--fields", help="id,status,summary,...")
+    ] = None,
+    no_headers: Annotated[bool, typer.Option("--no-headers")] = False,
+    separator: Annotated[str | None, typer.Option("--separator")] = None,
+) -> None:
+    """List jobs (default: id, status, summary)."""
+    opts = ListOptions(fields, no_headers, separator)
+    _run(ctx, lambda cli: actions.job_list(cli, ids or [], opts))
+
+
+@app.command("info")
+def info_cmd(ctx: typer.Context, ids: Annotated[list[str] | None, typer.Argument()] = None) -> None:
+    """Show jobs in detail: opcodes, statuses, results and log."""
+    _run(ctx, lambda cli: actions.job_info(cli, ids or []))
+
+
+@app.command("watch")
+def watch_cmd(ctx: typer.Context, job_id: str = typer.Argument(...)) -> None:
+    """Follow a job's log live until it ends (exit 1 if it failed)."""
+    _run(ctx, lambda cli: actions.job_watch(cli, job_id))
+
+
+@app.command("cancel")
+def cancel_cmd(ctx: typer.Context, ids: Annotated[list[str], typer.Argument()]) -> None:
+    """Cancel jobs that have not started running."""
+    _run(ctx, lambda cli: actions.job_cancel(cli, ids or []))
