@@ -105,7 +105,7 @@ def nic_ids(index: int, uuid: str) -> tuple[str, str]:
 
 def tap_name(index: int, uuid: str) -> str:
     """The host tap device name of a NIC (at most 15 characters, Linux's IFNAMSIZ - 1)."""
-    short = _short(uuid, 9) or "x"
+    short = _short(uuid, 8) or "x"
     return f"crl{short}.{index}"[:15]
 
 
@@ -138,7 +138,7 @@ def _vnc_arg(address: str, network_port: int | None) -> str:
 
 
 def _boot_indexes(hv: Mapping[str, Any]) -> dict[str, int]:
-    """bootindex per device kind ("disk", "cdrom", "net"); empty with a kernel."""
+    """The bootindex per device kind ("disk", "cdrom", "net"); empty with a kernel."""
     if hv["kernel_path"]:
         return {}
     order = hv["boot_order"]
@@ -297,9 +297,7 @@ def build_plan(
     if hv["boot_order"] == "cdrom" and not hv["kernel_path"] and not hv["cdrom_image_path"]:
         raise _bad("boot_order=cdrom needs cdrom_image_path", "boot_order")
     if hv["boot_order"] == "disk" and not hv["kernel_path"] and not disks:
-        raise _bad(
-            "the instance has no kernel_path and no disk to boot from", "kernel_path"
-        )
+        raise _bad("the instance has no kernel_path and no disk to boot from", "kernel_path")
 
     argv: list[str] = [
         host.qemu_binary,
@@ -369,9 +367,7 @@ def build_plan(
             dev += f",bootindex={boot['cdrom']}"
         argv += ["-device", dev]
     nics = sorted(spec.nics, key=lambda n: n.index)
-    nic_records = [
-        _nic_args(n, hv, boot, ports, argv, first=(i == 0)) for i, n in enumerate(nics)
-    ]
+    nic_records = [_nic_args(n, hv, boot, ports, argv, first=(i == 0)) for i, n in enumerate(nics)]
     argv += ["-device", f"virtio-balloon-pci,id={BALLOON_ID}"]
     if hv["reboot_behavior"] == "exit":
         argv.append("-no-reboot")
@@ -400,11 +396,13 @@ def argv_names_instance(cmdline: Sequence[str], name: str, uuid: str = "") -> bo
     Used to tell a live guest from an unrelated process that reused a stale pid.
     """
     args = list(cmdline)
-    ok_name = any(a == "-name" and i + 1 < len(args) and args[i + 1] == name
-                  for i, a in enumerate(args))
+    ok_name = any(
+        a == "-name" and i + 1 < len(args) and args[i + 1] == name for i, a in enumerate(args)
+    )
     if not ok_name:
         return False
     if uuid:
-        return any(a == "-uuid" and i + 1 < len(args) and args[i + 1] == uuid
-                   for i, a in enumerate(args))
+        return any(
+            a == "-uuid" and i + 1 < len(args) and args[i + 1] == uuid for i, a in enumerate(args)
+        )
     return True

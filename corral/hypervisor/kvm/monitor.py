@@ -94,9 +94,7 @@ class QmpSession:
         self._name = name
         self._timeout = timeout
 
-    async def _execute(
-        self, command: str, arguments: Mapping[str, object] | None = None
-    ) -> object:
+    async def _execute(self, command: str, arguments: Mapping[str, object] | None = None) -> object:
         """Run one command with the session's timeout.
 
         Raises:
@@ -280,8 +278,7 @@ class Monitor:
             await asyncio.wait_for(client.connect(self.socket_path), timeout=self.timeout)
         except TimeoutError as exc:
             raise _qmp_error(
-                f"QMP of {self.name} at {self.socket_path} did not answer within "
-                f"{self.timeout:g}s",
+                f"QMP of {self.name} at {self.socket_path} did not answer within {self.timeout:g}s",
                 failure="timeout",
                 timeout=self.timeout,
                 socket=self.socket_path,

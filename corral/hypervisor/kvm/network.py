@@ -78,9 +78,7 @@ def create_tap(runner: Runner, nic: NicRuntime) -> None:
         ) from exc
     try:
         if nic.mode == "bridged":
-            runner(
-                ["ip", "link", "set", "dev", nic.tap, "master", nic.link], timeout=IP_TIMEOUT
-            )
+            runner(["ip", "link", "set", "dev", nic.tap, "master", nic.link], timeout=IP_TIMEOUT)
         runner(["ip", "link", "set", "dev", nic.tap, "up"], timeout=IP_TIMEOUT)
     except CommandError as exc:
         remove_tap(runner, nic.tap)

@@ -23,10 +23,15 @@ dataclass: :func:`upgrade` brings any older layout to :data:`RUNTIME_VERSION` wh
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
+import fcntl
 import json
 import os
+import time
 from collections.abc import Callable
+from types import TracebackType
 from typing import Any
 
 from corral.common.errors import ErrorKind, HypervisorError
@@ -239,8 +244,7 @@ def upgrade(data: dict[str, Any]) -> dict[str, Any]:
         raise HypervisorError(f"runtime has no valid version: {version!r}", kind=ErrorKind.FAULT)
     if version > RUNTIME_VERSION:
         raise HypervisorError(
-            f"runtime version {version} is newer than this Corral understands "
-            f"({RUNTIME_VERSION})",
+            f"runtime version {version} is newer than this Corral understands ({RUNTIME_VERSION})",
             kind=ErrorKind.FAULT,
         )
     while version < RUNTIME_VERSION:
@@ -287,3 +291,76 @@ def load_runtime(layout: InstanceLayout) -> KvmRuntime | None:
             path=layout.runtime_file,
         ) from exc
     return KvmRuntime.from_json(text)
+
+
+class InstanceLock:
+    """An exclusive ``flock`` on an instance's lock file, as a context manager.
+
+    Serialises start/stop/reboot/cleanup of one instance across threads and processes (two
+    node daemons never share a run dir, but a CLI tool and the daemon might). ``with`` yields
+    True when the lock is held; with ``wait=False`` it yields False at once when it is busy.
+    The file is removed on release; a waiter that locked a file removed meanwhile retries on a
+    fresh one, so no lock file is left behind.
+
+    Raises:
+        HypervisorError: kind TEMP_NO_RESOURCES after ``timeout`` seconds of waiting, or the
+            lock file cannot be created.
+    """
+
+    def __init__(self, layout: InstanceLayout, *, wait: bool = True, timeout: float = 600.0):
+        self.layout = layout
+        self.wait = wait
+        self.timeout = timeout
+        self._fd: int | None = None
+
+    def _try_once(self) -> int | None:
+        """Lock the file at the lock path; the fd, or None when busy."""
+        path = self.layout.lock_file
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise HypervisorError(f"cannot create lock file {path}: {exc.strerror}") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                return None
+            raise HypervisorError(f"cannot lock {path}: {exc.strerror}") from exc
+        try:
+            same = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if not same:  # released and removed by its holder meanwhile: try the new file
+            os.close(fd)
+            return self._try_once()
+        return fd
+
+    def __enter__(self) -> bool:
+        os.makedirs(self.layout.run_dir, exist_ok=True)
+        deadline = time.monotonic() + self.timeout
+        while True:
+            self._fd = self._try_once()
+            if self._fd is not None:
+                return True
+            if not self.wait:
+                return False
+            if time.monotonic() > deadline:
+                raise HypervisorError(
+                    f"instance {self.layout.name} is busy with another operation",
+                    kind=ErrorKind.TEMP_NO_RESOURCES,
+                )
+            time.sleep(0.05)
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._fd is None:
+            return
+        with contextlib.suppress(OSError):
+            os.unlink(self.layout.lock_file)
+        os.close(self._fd)
+        self._fd = None

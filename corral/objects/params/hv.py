@@ -139,7 +139,8 @@ KVM_HVPARAMS = Schema.of(
             default="",
             check=_ip_or_empty,
             type_name="ip",
-            doc="Address the VNC server listens on; empty disables VNC.",
+            doc="Address the VNC server listens on; empty disables VNC. The display is the "
+            "instance's network_port - 5900, or the first free one from 5900 when it has none.",
         ),
         ParamSpec(
             name="machine_version",
@@ -184,14 +185,16 @@ KVM_HVPARAMS = Schema.of(
             coerce=as_choice("default", "none", "writethrough", "writeback"),
             default="default",
             type_name="choice",
-            doc="Host cache mode for disks.",
+            doc="Host cache of disks: default (QEMU's: writeback), none (O_DIRECT), "
+            "writethrough or writeback (the guest-visible write cache).",
         ),
         ParamSpec(
             name="reboot_behavior",
             coerce=as_choice("reboot", "exit"),
             default="reboot",
             type_name="choice",
-            doc="What a guest-initiated reboot does: reboot in place, or exit (-no-reboot).",
+            doc="What a reset does: reboot in place, or exit (-no-reboot); with exit a hard "
+            "reboot becomes a kill and a fresh start.",
         ),
         ParamSpec(
             name="shutdown_timeout",
@@ -199,7 +202,8 @@ KVM_HVPARAMS = Schema.of(
             default=120,
             check=in_range(0, 86400),
             type_name="int",
-            doc="Default seconds to wait for an ACPI shutdown before killing QEMU.",
+            doc="Seconds a soft reboot waits for the guest's ACPI shutdown before QEMU is "
+            "quit (stop takes its timeout from the request).",
         ),
         ParamSpec(
             name="kvm_extra",
@@ -207,7 +211,7 @@ KVM_HVPARAMS = Schema.of(
             default="",
             check=_no_control,
             type_name="string",
-            doc="Extra QEMU arguments, split on whitespace (expert use).",
+            doc="Extra QEMU arguments, split on whitespace and appended last (expert use).",
         ),
     ],
 )

@@ -1,0 +1,696 @@
+"""The KVM/QEMU hypervisor driver.
+
+It joins the pieces of this package: :mod:`accel` picks the accelerator, :mod:`cmdline`
+builds the argv (pure), :mod:`runtime` records it, :mod:`network` creates taps,
+:mod:`process` owns the QEMU process and :mod:`monitor` talks QMP.
+
+Semantics chosen here (also in docs/hypervisors/kvm.md):
+
+* **start** leaves a running (or paused) guest, or nothing: on any failure the QEMU process is
+  killed and taps, sockets and runtime files are removed (``common/revert.Reverter``). The
+  serial and QEMU logs are kept under the log directory for diagnosis.
+* **stop** presses the ACPI power button and waits up to ``timeout`` seconds, then asks QEMU
+  to ``quit``, then SIGKILLs it; afterwards the run files and taps are gone.
+* **reboot** hard = ``system_reset`` in place (QEMU's reset button; with
+  ``reboot_behavior=exit`` QEMU would exit on reset, so there a hard reboot is a kill and a
+  fresh start instead). Soft = Ganeti's KVM ``RebootInstance``: an ACPI shutdown (bounded by
+  the ``shutdown_timeout`` hvparam, then quit/kill) followed by a start from the *saved
+  runtime*, i.e. the same command line, accelerator and devices as before.
+* A guest that powered itself off makes QEMU exit; it is then simply no longer listed (the
+  master notices the instance is down without an admin request: "user down").
+* Everything per instance is under ``<run_dir>/<instance>/``; a per-instance ``flock`` keeps
+  start/stop/reboot and the cleanup of stale entries from racing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import os
+import shutil
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+
+from corral.common.errors import ErrorKind, HypervisorError, ParamError
+from corral.common.paths import Paths
+from corral.common.revert import Reverter
+from corral.common.runcmd import Runner, run
+from corral.hypervisor.base import (
+    AttachedDisk,
+    Capabilities,
+    ConsoleInfo,
+    HvNodeInfo,
+    Hypervisor,
+    InstanceInfo,
+    InstanceSpec,
+    InstanceState,
+)
+from corral.hypervisor.kvm import accel as accel_mod
+from corral.hypervisor.kvm import network
+from corral.hypervisor.kvm.cmdline import HostFacts, build_plan, launch_argv
+from corral.hypervisor.kvm.host import QemuFacts, cpu_time, read_meminfo
+from corral.hypervisor.kvm.monitor import QmpSession
+from corral.hypervisor.kvm.process import PROC, QemuProcess
+from corral.hypervisor.kvm.runtime import (
+    InstanceLayout,
+    InstanceLock,
+    KvmRuntime,
+    load_runtime,
+    save_runtime,
+)
+from corral.objects.params.hv import KVM_HVPARAMS
+from corral.objects.params.spec import Schema
+
+log = logging.getLogger(__name__)
+
+MIB = 1024 * 1024
+
+#: QEMU run states (query-status) mapped to what drivers report.
+_STATE_MAP = {
+    "running": InstanceState.RUNNING,
+    "debug": InstanceState.RUNNING,
+    "paused": InstanceState.PAUSED,
+    "prelaunch": InstanceState.PAUSED,
+    "inmigrate": InstanceState.PAUSED,
+    "postmigrate": InstanceState.PAUSED,
+    "finish-migrate": InstanceState.PAUSED,
+    "restore-vm": InstanceState.PAUSED,
+    "save-vm": InstanceState.PAUSED,
+    "suspended": InstanceState.PAUSED,
+    "watchdog": InstanceState.PAUSED,
+    "colo": InstanceState.RUNNING,
+    "shutdown": InstanceState.SHUTDOWN,
+    "guest-panicked": InstanceState.CRASHED,
+    "internal-error": InstanceState.CRASHED,
+    "io-error": InstanceState.CRASHED,
+}
+
+_SOCAT_ESCAPE = "0x1d"  # Ctrl-]
+
+
+def _check_file(path: str, what: str) -> str | None:
+    if not os.path.isfile(path):
+        return f"{what} {path!r} does not exist on this node"
+    if not os.access(path, os.R_OK):
+        return f"{what} {path!r} is not readable"
+    return None
+
+
+class Kvm(Hypervisor):
+    """KVM/QEMU guests; see the module docstring for the semantics.
+
+    Args:
+        run_dir: the driver's run directory (``paths.hv_run_dir("kvm")``).
+        log_dir: where serial and QEMU logs go (default ``<run_dir>/logs``).
+        runner: runs short commands (``ip``, ``qemu --version``); tests inject a fake.
+        kvm_device, cpuinfo: probed by :func:`accel.probe_kvm`.
+        meminfo: read by :meth:`node_info`.
+        sys_class_net: where bridges and taps are looked up.
+        proc: the procfs mount.
+        launch_timeout: seconds QEMU may take to initialise (``-daemonize`` returns).
+        qmp_timeout: seconds for each QMP connection and command.
+        balloon_timeout: seconds a guest may take to reach a balloon target.
+        lock_timeout: seconds to wait for another operation on the same instance.
+    """
+
+    NAME: ClassVar[str] = "kvm"
+    PARAMS: ClassVar[Schema] = KVM_HVPARAMS
+    CAPABILITIES: ClassVar[Capabilities] = Capabilities(
+        live_migration=False,
+        hotplug_disk=False,
+        hotplug_nic=False,
+        balloon=True,
+        pause=True,
+        serial_console=True,
+        runs_processes=True,
+    )
+
+    def __init__(
+        self,
+        run_dir: str,
+        *,
+        log_dir: str | None = None,
+        runner: Runner = run,
+        kvm_device: str = accel_mod.KVM_DEVICE,
+        cpuinfo: str = accel_mod.CPUINFO,
+        meminfo: str = "/proc/meminfo",
+        sys_class_net: str = network.SYS_CLASS_NET,
+        proc: str = PROC,
+        launch_timeout: float = 60.0,
+        qmp_timeout: float = 10.0,
+        balloon_timeout: float = 30.0,
+        lock_timeout: float = 600.0,
+    ) -> None:
+        super().__init__(run_dir)
+        self.log_dir = log_dir or os.path.join(run_dir, "logs")
+        self.runner = runner
+        self.kvm_device = kvm_device
+        self.cpuinfo = cpuinfo
+        self.meminfo = meminfo
+        self.sys_class_net = sys_class_net
+        self.proc = proc
+        self.launch_timeout = launch_timeout
+        self.qmp_timeout = qmp_timeout
+        self.balloon_timeout = balloon_timeout
+        self.lock_timeout = lock_timeout
+        self.facts = QemuFacts(runner)
+
+    @classmethod
+    def from_paths(cls, paths: Paths) -> Kvm:
+        """The driver of a node laid out by ``paths`` (used by the registry)."""
+        return cls(paths.hv_run_dir(cls.NAME), log_dir=os.path.join(paths.log_dir, "kvm"))
+
+    # --- helpers -------------------------------------------------------------------------
+
+    def _layout(self, name: str) -> InstanceLayout:
+        if not name or "/" in name or name.startswith("."):
+            raise HypervisorError(f"invalid instance name {name!r}", kind=ErrorKind.INVALID)
+        return InstanceLayout(run_dir=self.run_dir, log_dir=self.log_dir, name=name)
+
+    def _lock(self, layout: InstanceLayout, *, wait: bool = True) -> InstanceLock:
+        """The instance's lock (see :class:`~corral.hypervisor.kvm.runtime.InstanceLock`)."""
+        return InstanceLock(layout, wait=wait, timeout=self.lock_timeout)
+
+    @staticmethod
+    def _filled(hvparams: Mapping[str, Any]) -> dict[str, Any]:
+        """Typed, complete hvparams (defaults for missing keys).
+
+        Raises:
+            ParamError: unknown keys or bad values.
+        """
+        return KVM_HVPARAMS.fill(KVM_HVPARAMS.check_syntax(dict(hvparams)))
+
+    def qemu_version(self, binary: str) -> str:
+        """The version of a QEMU binary (``7.2.22``), cached per binary and mtime.
+
+        Raises:
+            HypervisorError: the binary is missing or cannot be run.
+        """
+        return self.facts.version(binary)
+
+    def machine_types(self, binary: str) -> set[str]:
+        """Machine types (and aliases) a QEMU binary supports.
+
+        Raises:
+            HypervisorError: the binary is missing or cannot be run.
+        """
+        return self.facts.machines(binary)
+
+    def probe_kvm(self) -> accel_mod.KvmProbe:
+        """Whether KVM can run ordinary guests here (see :mod:`accel`)."""
+        return accel_mod.probe_kvm(kvm_device=self.kvm_device, cpuinfo=self.cpuinfo)
+
+    def _process(self, layout: InstanceLayout, runtime: KvmRuntime | None) -> QemuProcess | None:
+        return QemuProcess.attach(
+            layout,
+            name=layout.name,
+            uuid=runtime.uuid if runtime else "",
+            qmp_timeout=self.qmp_timeout,
+            proc=self.proc,
+        )
+
+    def _load(self, layout: InstanceLayout) -> KvmRuntime | None:
+        try:
+            return load_runtime(layout)
+        except HypervisorError as exc:
+            log.warning("%s: ignoring unreadable runtime file: %s", layout.name, exc)
+            return None
+
+    def _cleanup_files(self, layout: InstanceLayout, runtime: KvmRuntime | None) -> None:
+        """Remove taps, sockets, pid and runtime files of a stopped instance (never raises)."""
+        for nic in runtime.nics if runtime else []:
+            if nic.tap:
+                network.remove_tap(self.runner, nic.tap)
+        shutil.rmtree(layout.dir, ignore_errors=True)
+
+    # --- parameters ----------------------------------------------------------------------
+
+    def validate_params(self, hvparams: Mapping[str, Any]) -> None:
+        """Check filled KVM hvparams against this node.
+
+        Raises:
+            ParamError: by key: a missing kvm_path/kernel_path/initrd_path/cdrom_image_path,
+                accel=kvm without a usable KVM, cpu_type=host under TCG, a machine type the
+                QEMU binary does not support.
+        """
+        hv = self._filled(hvparams)
+        problems: dict[str, str] = {}
+        binary = hv["kvm_path"]
+        binary_ok = os.path.isfile(binary) and os.access(binary, os.X_OK)
+        if not binary_ok:
+            problems["kvm_path"] = f"{binary!r} is not an executable file on this node"
+        for key, what in (
+            ("kernel_path", "kernel"),
+            ("initrd_path", "initrd"),
+            ("cdrom_image_path", "cdrom image"),
+        ):
+            if hv[key]:
+                problem = _check_file(hv[key], what)
+                if problem:
+                    problems[key] = problem
+        try:
+            choice = accel_mod.choose_accel(hv["accel"], self.probe_kvm())
+        except HypervisorError as exc:
+            problems["accel"] = str(exc)
+        else:
+            if hv["cpu_type"] == "host" and choice.accel != "kvm":
+                problems["cpu_type"] = (
+                    "'host' needs KVM, but this node runs guests under tcg "
+                    f"({choice.reason}); use a CPU model such as 'max' or leave it empty"
+                )
+        if binary_ok and hv["machine_version"]:
+            try:
+                machines = self.machine_types(binary)
+            except HypervisorError as exc:
+                problems["machine_version"] = f"cannot list machine types of {binary}: {exc}"
+            else:
+                if hv["machine_version"] not in machines:
+                    problems["machine_version"] = (
+                        f"{hv['machine_version']!r} is not supported by {binary} "
+                        f"(see '{binary} -machine help')"
+                    )
+        if problems:
+            raise ParamError(problems, context="hvparams/kvm")
+
+    # --- lifecycle -----------------------------------------------------------------------
+
+    def start(
+        self, spec: InstanceSpec, disks: Sequence[AttachedDisk], *, paused: bool = False
+    ) -> None:
+        """Start the instance; see the module docstring.
+
+        Raises:
+            HypervisorError: kind WRONG_STATE if it already runs; kind INVALID for parameters
+                that cannot work here (``fields["problems"]`` by key); LaunchError when QEMU
+                refused to start (with QEMU's own message). Nothing is left behind.
+        """
+        layout = self._layout(spec.name)
+        problem = layout.socket_problem()
+        if problem:
+            raise HypervisorError(problem, kind=ErrorKind.INVALID)
+        try:
+            hv = self._filled(spec.hvparams)
+            self.validate_params(hv)
+        except ParamError as exc:
+            raise HypervisorError(
+                f"cannot start {spec.name}: {exc}", kind=ErrorKind.INVALID, problems=exc.problems
+            ) from exc
+        choice = accel_mod.choose_accel(hv["accel"], self.probe_kvm())
+        host = HostFacts(
+            qemu_binary=hv["kvm_path"],
+            qemu_version=self.qemu_version(hv["kvm_path"]),
+            accel=choice.accel,
+        )
+        plan = build_plan(spec, disks, hv, host, layout)
+        with self._lock(layout):
+            old = self._load(layout)
+            if self._process(layout, old) is not None:
+                raise HypervisorError(
+                    f"instance {spec.name} is already running", kind=ErrorKind.WRONG_STATE
+                )
+            self._cleanup_files(layout, old)  # leftovers of a guest that died on its own
+            runtime = KvmRuntime(
+                name=spec.name,
+                uuid=spec.uuid,
+                argv=plan.argv,
+                accel=choice.accel,
+                accel_reason=choice.reason,
+                qemu_version=host.qemu_version,
+                machine=plan.machine,
+                spec=spec,
+                disks=plan.disks,
+                nics=plan.nics,
+                paused_at_start=paused,
+                hvparams=hv,
+            )
+            self._launch(layout, runtime, paused=paused)
+        log.info(
+            "%s: started (pid %s, accel %s%s, %s)",
+            spec.name,
+            runtime.pid,
+            choice.accel,
+            " requested as auto" if choice.requested == "auto" else "",
+            "paused" if paused else "running",
+        )
+
+    def _launch(self, layout: InstanceLayout, runtime: KvmRuntime, *, paused: bool) -> None:
+        """Create the run dir and taps, run QEMU, wait for QMP, save the runtime.
+
+        The caller holds the instance lock. On failure everything created is undone.
+
+        Raises:
+            HypervisorError, LaunchError: as :meth:`start`.
+        """
+        network.check_nic_links(runtime.nics, sys_class_net=self.sys_class_net)
+        with Reverter() as rv:
+            try:
+                os.makedirs(layout.dir, mode=0o700)
+                os.makedirs(layout.log_dir, exist_ok=True)
+                if os.path.exists(layout.serial_log):
+                    os.replace(layout.serial_log, layout.serial_log + ".1")
+            except OSError as exc:
+                raise HypervisorError(
+                    f"cannot create the run directory {layout.dir}: {exc.strerror}"
+                ) from exc
+            rv.add(lambda: shutil.rmtree(layout.dir, ignore_errors=True), "remove run dir")
+            for nic in runtime.nics:
+                if nic.tap:
+                    network.create_tap(self.runner, nic)
+                    rv.add(
+                        functools.partial(network.remove_tap, self.runner, nic.tap), "remove tap"
+                    )
+            runtime.pid = None
+            runtime.paused_at_start = paused
+            runtime.start_time = time.time()
+            save_runtime(layout, runtime)
+            proc = QemuProcess(
+                layout,
+                name=runtime.name,
+                uuid=runtime.uuid,
+                qmp_timeout=self.qmp_timeout,
+                proc=self.proc,
+            )
+            rv.add(proc.kill, "kill QEMU")
+            runtime.pid = proc.launch(
+                launch_argv(runtime.argv, paused=paused), timeout=self.launch_timeout
+            )
+            proc.wait_qmp(timeout=self.launch_timeout)
+            save_runtime(layout, runtime)
+            rv.success()
+
+    def stop(self, name: str, *, timeout: float, force: bool = False) -> None:
+        """Stop the instance (ACPI for ``timeout`` s, then quit, then SIGKILL) and clean up.
+
+        Raises:
+            HypervisorError: QEMU survived SIGKILL.
+        """
+        layout = self._layout(name)
+        with self._lock(layout):
+            runtime = self._load(layout)
+            proc = self._process(layout, runtime)
+            how = proc.shutdown(timeout=timeout, force=force) if proc else "not-running"
+            self._cleanup_files(layout, runtime)
+        log.info("%s: stopped (%s)", name, how)
+
+    def reboot(self, name: str, *, hard: bool) -> None:
+        """Reboot: hard = system_reset in place, soft = ACPI shutdown + start from the runtime.
+
+        Raises:
+            HypervisorError: kind WRONG_STATE when it does not run; the reset or restart
+                failed (after a failed restart the instance is stopped and cleaned up).
+        """
+        layout = self._layout(name)
+        with self._lock(layout):
+            runtime = self._load(layout)
+            proc = self._process(layout, runtime)
+            if proc is None or runtime is None:
+                raise HypervisorError(f"instance {name} is not running", kind=ErrorKind.WRONG_STATE)
+            if hard and runtime.hvparams.get("reboot_behavior") != "exit":
+                proc.monitor.call(lambda q: q.system_reset())
+                log.info("%s: hard reboot (system_reset)", name)
+                return
+            timeout = float(runtime.hvparams.get("shutdown_timeout", 120))
+            how = proc.shutdown(timeout=timeout, force=hard)
+            self._cleanup_files(layout, runtime)
+            self._launch(layout, runtime, paused=False)
+        log.info(
+            "%s: %s reboot (stopped by %s, restarted from runtime, pid %s)",
+            name,
+            "hard" if hard else "soft",
+            how,
+            runtime.pid,
+        )
+
+    # --- queries -------------------------------------------------------------------------
+
+    def _entries(self) -> list[str]:
+        try:
+            with os.scandir(self.run_dir) as it:
+                return sorted(
+                    e.name
+                    for e in it
+                    if e.is_dir(follow_symlinks=False)
+                    and not e.name.startswith(".")
+                    and e.name != "logs"
+                )
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            raise HypervisorError(f"cannot list {self.run_dir}: {exc.strerror}") from exc
+
+    def _live(self, name: str) -> tuple[InstanceLayout, KvmRuntime | None, QemuProcess] | None:
+        """The instance's runtime and process if it runs; cleans up a stale entry otherwise."""
+        layout = self._layout(name)
+        runtime = self._load(layout)
+        proc = self._process(layout, runtime)
+        if proc is not None:
+            return layout, runtime, proc
+        with self._lock(layout, wait=False) as locked:
+            # NOTE: a busy lock means a start/stop is in progress: leave its files alone.
+            if locked and os.path.isdir(layout.dir):
+                runtime = self._load(layout)
+                if self._process(layout, runtime) is None:
+                    log.info("%s: cleaning up after a guest that is no longer running", name)
+                    self._cleanup_files(layout, runtime)
+        return None
+
+    def list_instances(self) -> list[str]:
+        """Names of running guests: run-dir entries whose QEMU is alive and is theirs.
+
+        Entries of guests that exited on their own are cleaned up on the way.
+
+        Raises:
+            HypervisorError: the run directory cannot be read.
+        """
+        return [name for name in self._entries() if self._live(name) is not None]
+
+    def instance_info(self, name: str) -> InstanceInfo | None:
+        """Live state from QMP (status, balloon) and /proc (pid, CPU time).
+
+        A guest whose QMP does not answer is reported RUNNING with ``details["qmp_error"]``,
+        so one wedged guest does not hide the others.
+
+        Raises:
+            HypervisorError: the run directory cannot be read.
+        """
+        live = self._live(name)
+        if live is None:
+            return None
+        layout, runtime, proc = live
+
+        async def query(q: QmpSession) -> tuple[str, int | None]:
+            status = await q.query_status()
+            try:
+                actual: int | None = await q.query_balloon()
+            except HypervisorError:
+                actual = None
+            return status.status, actual
+
+        details: dict[str, Any] = {
+            "serial_socket": layout.serial_socket,
+            "serial_log": layout.serial_log,
+            "qmp_socket": layout.qmp_socket,
+        }
+        try:
+            status, actual = proc.monitor.call(query)
+        except HypervisorError as exc:
+            status, actual = "unknown", None
+            details["qmp_error"] = str(exc)
+        state = _STATE_MAP.get(status, InstanceState.RUNNING)
+        spec = runtime.spec if runtime else None
+        memory = actual // MIB if actual else (spec.memory if spec else 0)
+        if runtime:
+            details.update(
+                accel=runtime.accel,
+                accel_reason=runtime.accel_reason,
+                qemu_version=runtime.qemu_version,
+                machine=runtime.machine,
+                start_time=runtime.start_time,
+            )
+        details["status"] = status
+        return InstanceInfo(
+            name=name,
+            state=state,
+            memory=memory,
+            vcpus=spec.vcpus if spec else 0,
+            cpu_time=cpu_time(proc.pid, self.proc) if proc.pid else 0.0,
+            pid=proc.pid,
+            uuid=runtime.uuid if runtime else "",
+            details=details,
+        )
+
+    def balloon(self, name: str, memory: int) -> int:
+        """Balloon a running guest to ``memory`` MiB and wait until it got there.
+
+        Raises:
+            HypervisorError: kind WRONG_STATE when not running; kind INVALID for a target
+                outside ``[min_memory, memory]`` of the instance; the guest did not reach the
+                target within ``balloon_timeout`` (no balloon driver?).
+        """
+        live = self._live(name)
+        if live is None or live[1] is None:
+            raise HypervisorError(f"instance {name} is not running", kind=ErrorKind.WRONG_STATE)
+        _, runtime, proc = live
+        assert runtime is not None
+        low, high = runtime.spec.min_memory, runtime.spec.memory
+        if not low <= memory <= high:
+            raise HypervisorError(
+                f"cannot balloon {name} to {memory} MiB: it must stay between min_memory "
+                f"{low} MiB and memory {high} MiB",
+                kind=ErrorKind.INVALID,
+                memory=memory,
+            )
+        target = memory * MIB
+        tolerance = max(MIB, target // 200)
+        deadline = time.monotonic() + self.balloon_timeout
+
+        async def act(q: QmpSession) -> int:
+            await q.balloon(target)
+            while True:
+                actual = await q.query_balloon()
+                if abs(actual - target) <= tolerance:
+                    return actual
+                if time.monotonic() > deadline:
+                    raise HypervisorError(
+                        f"{name} did not reach {memory} MiB within {self.balloon_timeout:g}s "
+                        f"(now {actual // MIB} MiB; is the guest's virtio_balloon driver loaded?)",
+                        kind=ErrorKind.ENVIRONMENT,
+                        actual=actual // MIB,
+                    )
+                await asyncio.sleep(0.1)
+
+        actual = proc.monitor.call(act)
+        log.info("%s: ballooned to %d MiB", name, actual // MIB)
+        return round(actual / MIB)
+
+    def console(self, spec: InstanceSpec, *, node_host: str) -> ConsoleInfo:
+        """The serial console through ``socat`` (leave with Ctrl-]); VNC when enabled.
+
+        Raises:
+            HypervisorError: kind INVALID for unreadable hvparams.
+        """
+        layout = self._layout(spec.name)
+        try:
+            hv = self._filled(spec.hvparams)
+        except ParamError as exc:
+            raise HypervisorError(str(exc), kind=ErrorKind.INVALID) from exc
+        vnc_host, vnc_port = self._vnc_endpoint(layout, spec, hv, node_host)
+        vnc_text = f" VNC: {vnc_host}:{vnc_port}." if vnc_port else ""
+        if hv["serial_console"]:
+            return ConsoleInfo(
+                instance=spec.name,
+                kind="ssh",
+                host=node_host,
+                command=[
+                    "socat",
+                    f"STDIO,raw,echo=0,escape={_SOCAT_ESCAPE}",
+                    f"UNIX-CONNECT:{layout.serial_socket}",
+                ],
+                socket=layout.serial_socket,
+                message=f"Serial console of {spec.name}; press Ctrl-] to leave.{vnc_text}",
+            )
+        if hv["vnc_bind_address"]:
+            return ConsoleInfo(
+                instance=spec.name,
+                kind="vnc",
+                host=vnc_host,
+                port=vnc_port,
+                message=f"VNC console of {spec.name}.{vnc_text}",
+            )
+        return ConsoleInfo(
+            instance=spec.name,
+            kind="msg",
+            message=f"{spec.name} has no console: serial_console is off and VNC is disabled",
+        )
+
+    def _vnc_endpoint(
+        self, layout: InstanceLayout, spec: InstanceSpec, hv: Mapping[str, Any], node_host: str
+    ) -> tuple[str, int | None]:
+        address = str(hv["vnc_bind_address"])
+        if not address:
+            return "", None
+        host = node_host if address in ("0.0.0.0", "::") else address
+        if spec.network_port is not None and spec.network_port >= 5900:
+            return host, spec.network_port
+        proc = QemuProcess.attach(
+            layout, name=spec.name, uuid=spec.uuid, proc=self.proc, qmp_timeout=self.qmp_timeout
+        )
+        if proc is None:
+            return host, None
+        with contextlib.suppress(HypervisorError):
+            return host, proc.monitor.call(lambda q: q.query_vnc()).port
+        return host, None
+
+    def node_info(self) -> HvNodeInfo:
+        """Memory from /proc/meminfo, CPUs from os.cpu_count, QEMU's version, KVM usability.
+
+        Raises:
+            HypervisorError: /proc/meminfo cannot be read.
+        """
+        mem = read_meminfo(self.meminfo)
+        probe = self.probe_kvm()
+        binary = str(KVM_HVPARAMS.specs["kvm_path"].default)
+        try:
+            version = self.qemu_version(binary)
+        except HypervisorError:  # missing or broken binary: verify() reports it
+            version = ""
+        used = 0
+        for name in self._entries():
+            layout = self._layout(name)
+            runtime = self._load(layout)
+            if runtime and self._process(layout, runtime) is not None:
+                used += runtime.spec.memory
+        return HvNodeInfo(
+            hypervisor=self.NAME,
+            memory_total=mem.get("MemTotal", 0) // 1024,
+            memory_free=mem.get("MemAvailable", mem.get("MemFree", 0)) // 1024,
+            memory_hv=used,
+            cpu_total=os.cpu_count() or 1,
+            hv_version=version,
+            details={
+                "kvm_usable": probe.usable,
+                "kvm_reason": probe.reason,
+                "default_accel": "kvm" if probe.usable else "tcg",
+            },
+        )
+
+    def verify(self) -> list[str]:
+        """Problems that keep this node from running KVM guests (empty = fine).
+
+        Checks QEMU (the default ``kvm_path``), ``qemu-img`` and ``socat``. KVM not being
+        usable is *not* a problem (guests fall back to TCG); it is logged here and shown by
+        :meth:`node_info` (``details["kvm_usable"]``).
+        """
+        problems = []
+        binary = str(KVM_HVPARAMS.specs["kvm_path"].default)
+        if not (os.path.isfile(binary) and os.access(binary, os.X_OK)):
+            problems.append(f"QEMU binary {binary} is missing (install qemu-system-x86)")
+        else:
+            try:
+                self.qemu_version(binary)
+            except HypervisorError as exc:
+                problems.append(f"{binary} --version failed: {exc}")
+        for tool, package in (("qemu-img", "qemu-utils"), ("socat", "socat")):
+            if shutil.which(tool) is None:
+                problems.append(f"{tool} is missing (install {package})")
+        probe = self.probe_kvm()
+        log.info("kvm verify: KVM %s: %s", "usable" if probe.usable else "not usable", probe.reason)
+        return problems
+
+    def cleanup(self, name: str) -> None:
+        """Remove the run files and taps of an instance that no longer runs.
+
+        Raises:
+            HypervisorError: kind WRONG_STATE when it still runs.
+        """
+        layout = self._layout(name)
+        with self._lock(layout):
+            runtime = self._load(layout)
+            if self._process(layout, runtime) is not None:
+                raise HypervisorError(
+                    f"instance {name} is still running", kind=ErrorKind.WRONG_STATE
+                )
+            self._cleanup_files(layout, runtime)
