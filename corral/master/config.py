@@ -255,6 +255,11 @@ class ClusterConfig:
         """Every node, sorted by name."""
         return [v.value for v in self.read_all(NODES_PREFIX, Node)]
 
+    def read_node(self, name: str) -> Node | None:
+        """A node, or None when there is no such node."""
+        found = self.read(node_key(name), Node)
+        return found.value if found else None
+
     def node_versioned(self, name: str) -> Versioned[Node]:
         """A node with its revision.
 

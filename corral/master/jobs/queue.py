@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -75,7 +76,7 @@ def ganeti_ts(ts: float | None) -> list[int] | None:
     if ts is None:
         return None
     sec = int(ts)
-    return [sec, int(round((ts - sec) * 1_000_000))]
+    return [sec, round((ts - sec) * 1_000_000)]
 
 
 def job_fields(job: Job, fields: Sequence[str]) -> list[Any]:
@@ -172,9 +173,7 @@ class JobQueue:
                 received_timestamp=now,
                 summary=[op.summary() for op in ops],
             )
-            compare = (
-                Compare.unchanged(serial_kv) if serial_kv else Compare.absent(JOB_SERIAL_KEY)
-            )
+            compare = Compare.unchanged(serial_kv) if serial_kv else Compare.absent(JOB_SERIAL_KEY)
             result = self.config.store.txn(
                 [compare, Compare.absent(job_key(job_id))],
                 [
@@ -277,8 +276,13 @@ class JobQueue:
         return self.update(job_id, change)
 
     def mark_canceled(self, job_id: int) -> Job:
-        """Every unfinished opcode and the job end as ``canceled``."""
-        return self.update(job_id, _cancel_now)
+        """Every unfinished opcode and the job end as ``canceled`` (no-op once finished)."""
+
+        def change(job: Job) -> None:
+            if not job.finalized:
+                _cancel_now(job)
+
+        return self.update(job_id, change)
 
     def append_log(
         self, job_id: int, index: int, message: str, log_type: LogType = LogType.MESSAGE
@@ -305,8 +309,10 @@ class JobQueue:
     # --- cancel ---------------------------------------------------------------------------
 
     def cancel(self, job_id: int) -> tuple[bool, str]:
-        """Cancel a job: queued/waiting ones at once, running ones at the next cancellation
-        point (status ``canceling``).
+        """Cancel a job.
+
+        Queued and waiting jobs are canceled at once; running ones become ``canceling`` and
+        stop at their next cancellation point.
 
         Returns:
             ``(True, message)`` when canceled or scheduled for cancellation, ``(False,
@@ -332,10 +338,8 @@ class JobQueue:
                 outcome = (False, f"Job {job_id} has already finished ({job.status.value})")
                 raise _NoChange
 
-        try:
+        with contextlib.suppress(_NoChange):
             self.update(job_id, change)
-        except _NoChange:
-            pass
         log.info("cancel of job %d: %s", job_id, outcome[1])
         return outcome
 
@@ -353,8 +357,10 @@ class JobQueue:
         prev_log_serial: int | None,
         timeout: float,
     ) -> dict[str, Any] | None:
-        """Wait until the job's ``fields`` differ from ``prev_job_info`` or it logs past
-        ``prev_log_serial`` (Ganeti's ``WaitForJobChanges``).
+        """Wait until a job changes (Ganeti's ``WaitForJobChanges``).
+
+        A change is: the values of ``fields`` differ from ``prev_job_info``, or there are log
+        entries after ``prev_log_serial``.
 
         A finished job answers at once (its final state), so clients never wait on it.
 
@@ -369,6 +375,8 @@ class JobQueue:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while True:
+            # NOTE: always yield once, so a client polling in a loop cannot starve the jobs.
+            await asyncio.sleep(0)
             current = self.get_versioned(job_id)
             job = current.value
             info = job_fields(job, fields)
