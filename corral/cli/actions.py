@@ -434,6 +434,10 @@ def instance_console(cli: Cli, name: str, *, show_cmd: bool = False) -> int:
     if show_cmd:
         cli.print(shlex.join(command))
         return 0
+    if command[0] == "socat" and not stdin_is_tty():
+        # NOTE: socat's raw/echo options need a terminal on stdin; when the console is fed
+        # by a pipe (scripts), connect plain stdio instead.
+        command = [("STDIO" if a.startswith("STDIO,") else a) for a in command]
     if cli.err.is_terminal:
         cli.error(
             f"Connecting to the console of {name}; press Ctrl-] or the escape of "

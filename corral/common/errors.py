@@ -101,7 +101,9 @@ class ParamError(CorralError):
         self.context = context
         prefix = f"invalid {context}: " if context else "invalid parameters: "
         text = "; ".join(f"{key}: {why}" for key, why in sorted(self.problems.items()))
-        super().__init__(prefix + text, kind=kind, problems=self.problems, context=context, **fields)
+        super().__init__(
+            prefix + text, kind=kind, problems=self.problems, context=context, **fields
+        )
 
 
 class CommandError(CorralError):
@@ -139,7 +141,7 @@ class CommandTimeout(CommandError):
             None,
             stdout,
             stderr,
-            message=f"command {list(argv)[0]!r} timed out after {timeout:g}s",
+            message=f"command {argv[0]!r} timed out after {timeout:g}s",
         )
         self.fields["timeout"] = timeout
 
@@ -250,6 +252,13 @@ def error_from_wire(data: Mapping[str, Any]) -> CorralError:
     if not isinstance(fields, Mapping):
         fields = {}
     type_name = str(data.get("type", "CorralError"))
+    problems = fields.get("problems")
+    if type_name == "ParamError" and isinstance(problems, Mapping):
+        return ParamError(
+            {str(k): str(v) for k, v in problems.items()},
+            context=str(fields.get("context", "")),
+            kind=kind,
+        )
     cls = _REGISTRY.get(type_name, CorralError)
     err = cls(message, kind=kind, **{k: v for k, v in fields.items() if isinstance(k, str)})
     if cls is CorralError and type_name != "CorralError":

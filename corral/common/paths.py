@@ -18,7 +18,12 @@ DEFAULT_RAPI_PORT = 5080
 
 #: Directories searched for Ganeti-style OS definitions, relative to the root, in order.
 #: The built-in OSes shipped with Corral come after these (see ``node/backend/osdef.py``).
-OS_SEARCH_PATH = ("srv/corral/os", "usr/local/lib/ganeti/os", "usr/share/ganeti/os", "srv/ganeti/os")
+OS_SEARCH_PATH = (
+    "srv/corral/os",
+    "usr/local/lib/ganeti/os",
+    "usr/share/ganeti/os",
+    "srv/ganeti/os",
+)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -92,10 +92,7 @@ def run(
         CommandError: it could not be started, or exited non-zero while ``check`` is set.
     """
     argv = [str(a) for a in argv]
-    if clear_env:
-        full_env = {"PATH": SAFE_PATH}
-    else:
-        full_env = dict(os.environ)
+    full_env = {"PATH": SAFE_PATH} if clear_env else dict(os.environ)
     if env:
         full_env.update(env)
     if c_locale:

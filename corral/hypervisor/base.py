@@ -27,6 +27,7 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from corral.common.errors import ErrorKind, HypervisorError
 from corral.objects.params.spec import Schema
 
 
@@ -41,6 +42,8 @@ class Capabilities:
     pause: bool = False
     serial_console: bool = False
     runs_processes: bool = True
+    #: a running instance's disk can grow (the guest sees the new size at once)
+    online_disk_resize: bool = False
 
 
 class SpecModel(BaseModel):
@@ -237,6 +240,19 @@ class Hypervisor(abc.ABC):
     @abc.abstractmethod
     def verify(self) -> list[str]:
         """Check the node can run this hypervisor; return problems found (empty = fine)."""
+
+    def resize_disk(self, name: str, index: int, new_size: int) -> None:
+        """Grow disk ``index`` of a running instance to ``new_size`` MiB, image included.
+
+        Only drivers with ``CAPABILITIES.online_disk_resize`` implement it.
+
+        Raises:
+            HypervisorError: not supported (kind INVALID), not running (WRONG_STATE), no such
+                disk (NOT_FOUND), or the hypervisor refused.
+        """
+        raise HypervisorError(
+            f"{self.NAME} cannot resize the disks of a running instance", kind=ErrorKind.INVALID
+        )
 
     def cleanup(self, name: str) -> None:  # noqa: B027 - optional hook
         """Remove leftovers (sockets, runtime files) of an instance that no longer runs."""

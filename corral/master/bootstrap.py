@@ -233,6 +233,12 @@ def init_cluster(
         hv_values[hv] = {
             k: v for k, v in HV_SCHEMAS[hv].check_syntax(values).items() if v is not None
         }
+    if "kvm" in enabled_hypervisors and os.path.normpath(paths.root) != "/":
+        # NOTE: the schema defaults name /var/lib/corral/kernels; a cluster living under
+        # another root (tests, several nodes on one host) keeps its kernels under that root.
+        kvm = hv_values.setdefault("kvm", {})
+        kvm.setdefault("kernel_path", os.path.join(paths.kernels_dir, "vmlinuz-kvmU"))
+        kvm.setdefault("initrd_path", os.path.join(paths.kernels_dir, "initrd-kvmU"))
     be_values = {k: v for k, v in check_beparams(beparams or {}).items() if v is not None}
     nic_values = {k: v for k, v in NICPARAMS.check_syntax(nicparams or {}).items() if v is not None}
     if os.path.exists(paths.cluster_conf) or os.path.exists(paths.store_db):

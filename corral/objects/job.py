@@ -1,9 +1,9 @@
-"""Jobs: a list of opcodes with per-opcode status, results and log (Ganeti's job model).
+r"""Jobs: a list of opcodes with per-opcode status, results and log (Ganeti's job model).
 
 Status strings are Ganeti's, so ``/2/jobs/<id>`` answers what RAPI clients expect::
 
     queued -> waiting -> running -> success | error | canceled
-          \\-> canceling -> canceled           (cancel before the job runs an opcode)
+          \-> canceling -> canceled           (cancel before the job runs an opcode)
 """
 
 from __future__ import annotations

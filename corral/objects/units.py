@@ -17,7 +17,9 @@ MAX_SIZE_MIB = 1024 * 1024 * 1024
 
 #: Instance, node and OS names: DNS-like labels separated by dots. No shell metacharacters,
 #: no path separators, no leading dash (it would read as an option).
-NAME_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9_-]{0,62})(?:\.[A-Za-z0-9](?:[A-Za-z0-9_-]{0,62}))*$")
+NAME_RE = re.compile(
+    r"^[A-Za-z0-9](?:[A-Za-z0-9_-]{0,62})(?:\.[A-Za-z0-9](?:[A-Za-z0-9_-]{0,62}))*$"
+)
 
 
 def parse_size_mib(raw: Any, *, require_unit: bool = False) -> int:

@@ -201,10 +201,18 @@ class BlockdevRequest(Msg):
 
 
 class BlockdevGrowRequest(Msg):
-    """Grow one volume by ``amount`` MiB."""
+    """Grow one volume by ``amount`` MiB.
+
+    When ``instance`` is given and runs on the node with a hypervisor that can resize disks
+    online, the hypervisor grows the image (the guest sees the new size); otherwise the
+    storage driver does.
+    """
 
     volume: VolumeSpec
     amount: int
+    instance: str | None = None
+    hypervisor: str | None = None
+    disk_index: int | None = None
 
 
 class BlockdevRenameRequest(Msg):

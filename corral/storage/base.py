@@ -86,6 +86,19 @@ class StorageDriver(abc.ABC):
             StorageError: missing volume (NOT_FOUND), no room (NO_RESOURCES), tool failure.
         """
 
+    def check_grow(self, vol: VolumeSpec, amount: int) -> None:
+        """Check that ``vol`` can grow by ``amount`` MiB, without changing anything.
+
+        Used before a hypervisor grows a running instance's image itself.
+
+        Raises:
+            StorageError: bad amount (INVALID) or not enough room (NO_RESOURCES).
+        """
+        if amount <= 0:
+            raise StorageError(
+                f"grow amount must be positive, got {amount} MiB", kind=ErrorKind.INVALID
+            )
+
     @abc.abstractmethod
     def find(self, vol: VolumeSpec) -> VolumeInfo | None:
         """Return the volume's facts, or None when it does not exist.

@@ -207,6 +207,16 @@ class FileStorage(StorageDriver):
         log.info("grew volume %s by %d MiB to %d MiB", path, amount, info.size)
         return info
 
+    def check_grow(self, vol: VolumeSpec, amount: int) -> None:
+        """See :meth:`StorageDriver.check_grow`: path, amount and free space.
+
+        Raises:
+            StorageError: bad path or amount (INVALID), not enough room (NO_RESOURCES).
+        """
+        path = self.check_path(vol)
+        super().check_grow(vol, amount)
+        self._check_free(path, amount, "grow")
+
     def find(self, vol: VolumeSpec) -> VolumeInfo | None:
         """Inspect the image with ``qemu-img info``; None when the file does not exist.
 

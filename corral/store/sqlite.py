@@ -154,9 +154,7 @@ class SqliteStore(Store):
                     "UPDATE kv SET value = ?, mod_rev = ?, version = version + 1 WHERE key = ?",
                     (op.value, rev, op.key),
                 )
-            self._db.execute(
-                "INSERT INTO history VALUES (?, ?, 'put', ?)", (rev, op.key, op.value)
-            )
+            self._db.execute("INSERT INTO history VALUES (?, ?, 'put', ?)", (rev, op.key, op.value))
         elif isinstance(op, Delete):
             if op.prefix:
                 keys = [

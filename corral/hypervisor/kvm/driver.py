@@ -126,6 +126,7 @@ class Kvm(Hypervisor):
         pause=True,
         serial_console=True,
         runs_processes=True,
+        online_disk_resize=True,
     )
 
     def __init__(
@@ -565,6 +566,34 @@ class Kvm(Hypervisor):
         actual = proc.monitor.call(act)
         log.info("%s: ballooned to %d MiB", name, actual // MIB)
         return round(actual / MIB)
+
+    def resize_disk(self, name: str, index: int, new_size: int) -> None:
+        """Grow disk ``index`` of a running guest with QMP ``block_resize``.
+
+        NOTE: QEMU holds a write lock on its images, so ``qemu-img resize`` is refused while
+        the guest runs; ``block_resize`` grows the image itself and the guest sees the new
+        capacity at once (virtio-blk sends a config-change interrupt).
+
+        Raises:
+            HypervisorError: not running (WRONG_STATE), no such disk (NOT_FOUND), QMP failed.
+        """
+        live = self._live(name)
+        if live is None or live[1] is None:
+            raise HypervisorError(f"instance {name} is not running", kind=ErrorKind.WRONG_STATE)
+        _, runtime, proc = live
+        assert runtime is not None
+        disk = next((d for d in runtime.disks if d.index == index), None)
+        if disk is None:
+            raise HypervisorError(
+                f"instance {name} has no disk {index} attached", kind=ErrorKind.NOT_FOUND
+            )
+        node_name = disk.node_name
+
+        async def act(q: QmpSession) -> None:
+            await q.block_resize(node_name, new_size * MIB)
+
+        proc.monitor.call(act)
+        log.info("%s: disk %d resized online to %d MiB", name, index, new_size)
 
     def console(self, spec: InstanceSpec, *, node_host: str) -> ConsoleInfo:
         """The serial console through ``socat`` (leave with Ctrl-]); VNC when enabled.

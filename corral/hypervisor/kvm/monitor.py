@@ -187,6 +187,14 @@ class QmpSession:
         """
         await self._execute("cont")
 
+    async def block_resize(self, node_name: str, size_bytes: int) -> None:
+        """Resize the image behind block node ``node_name`` to ``size_bytes`` (grows the file).
+
+        Raises:
+            HypervisorError: QMP failed (unknown node, shrinking refused by QEMU, I/O error).
+        """
+        await self._execute("block_resize", {"node-name": node_name, "size": int(size_bytes)})
+
     async def balloon(self, target_bytes: int) -> None:
         """Ask the balloon driver to bring guest memory to ``target_bytes`` (returns at once).
 

@@ -69,6 +69,9 @@ from corral.rpc.calls import (
 )
 from corral.storage.base import VolumeSpec
 
+#: hvparams naming boot files that an OS installation may provide (checked again after it).
+BOOT_FILE_PARAMS = frozenset({"kernel_path", "initrd_path"})
+
 IOpT = TypeVar("IOpT", bound=OpCode)
 
 #: Disk templates this master can create.
@@ -278,13 +281,16 @@ class InstanceCreate(Operation[OpInstanceCreate]):
         be = filled_beparams(cluster, self.instance)
         check_memory_range(be)
         runner = self.ctx.runner
-        await runner.call(
-            self.pnode,
-            HV_VALIDATE,
-            HvValidateRequest(
-                hypervisor=hypervisor, hvparams=filled_hvparams(cluster, self.instance)
-            ),
-        )
+        self._hv_check_after_install = False
+        try:
+            await self._validate_hvparams()
+        except ParamError as exc:
+            # NOTE: an OS definition may provide the boot files (the busybox OS installs the
+            # kernel and initrd that the default kernel_path/initrd_path point to), so when
+            # only those are missing and an OS will be installed, check again after it.
+            if op.no_install or not set(exc.problems) <= BOOT_FILE_PARAMS:
+                raise
+            self._hv_check_after_install = True
         if not op.no_install:
             await runner.call(
                 self.pnode,
@@ -409,6 +415,8 @@ class InstanceCreate(Operation[OpInstanceCreate]):
                     ),
                 )
                 self.feedback(f"OS installed (log on {node.name}: {result.log_file})")
+                if self._hv_check_after_install:
+                    await self._validate_hvparams()
             self.ctx.config.add_instance(inst)
             undo.add("store entry", self._forget)
             if self.op.start:
@@ -428,6 +436,21 @@ class InstanceCreate(Operation[OpInstanceCreate]):
             await undo.rollback()
             raise
         return [node.name]
+
+    async def _validate_hvparams(self) -> None:
+        """Environment-phase check of the new instance's hvparams on its primary node.
+
+        Raises:
+            ParamError: a parameter cannot work on the node (by key).
+        """
+        await self.ctx.runner.call(
+            self.pnode,
+            HV_VALIDATE,
+            HvValidateRequest(
+                hypervisor=self.instance.hypervisor,
+                hvparams=filled_hvparams(self.cluster, self.instance),
+            ),
+        )
 
     async def _remove_volume(self, vol: VolumeSpec) -> None:
         await self.ctx.runner.call(self.pnode, BLOCKDEV_REMOVE, BlockdevRequest(volume=vol))

@@ -245,7 +245,14 @@ class InstanceGrowDisk(InstanceOperation[OpInstanceGrowDisk]):
         resp = await self.ctx.runner.call(
             self.pnode,
             BLOCKDEV_GROW,
-            BlockdevGrowRequest(volume=volume_spec(disk), amount=self._delta),
+            BlockdevGrowRequest(
+                volume=volume_spec(disk),
+                amount=self._delta,
+                # the node grows a running instance's disk through its hypervisor
+                instance=inst.name,
+                hypervisor=inst.hypervisor,
+                disk_index=idx,
+            ),
         )
         new_size = resp.info.size if resp.info is not None else disk.size + self._delta
 

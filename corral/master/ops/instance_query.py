@@ -193,6 +193,8 @@ class InstanceQueryData(Operation[OpInstanceQueryData]):
             "memory": live.memory if live else None,
             "vcpus": live.vcpus if live else None,
             "state": live.state.value if live else None,
+            # what the hypervisor really did (e.g. the accelerator KVM chose, the serial log)
+            "hv_runtime": dict(live.details) if live else {},
             "tags": list(inst.tags),
             "serial_no": inst.serial_no,
             "ctime": inst.ctime,

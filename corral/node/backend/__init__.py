@@ -282,6 +282,15 @@ class NodeBackend:
         Raises:
             StorageError: missing (NOT_FOUND), no room (NO_RESOURCES), or the tool failed.
         """
+        if req.instance and req.hypervisor and req.disk_index is not None:
+            info = self.instances.grow_disk(
+                req.volume,
+                req.amount,
+                name=req.instance,
+                hypervisor=req.hypervisor,
+                index=req.disk_index,
+            )
+            return BlockdevInfoResponse(info=info)
         return BlockdevInfoResponse(info=self.blockdevs.grow(req.volume, req.amount))
 
     def blockdev_find(self, req: BlockdevRequest) -> BlockdevInfoResponse:

@@ -47,6 +47,10 @@ class Blockdevs:
         """Grow the volume by ``amount`` MiB; see :meth:`StorageDriver.grow`."""
         return self.driver(vol).grow(vol, amount)
 
+    def check_room(self, vol: VolumeSpec, amount: int) -> None:
+        """Check the volume may grow by ``amount`` MiB; see :meth:`StorageDriver.check_grow`."""
+        self.driver(vol).check_grow(vol, amount)
+
     def find(self, vol: VolumeSpec) -> VolumeInfo | None:
         """The volume's facts, or None when it does not exist; see :meth:`StorageDriver.find`."""
         return self.driver(vol).find(vol)

@@ -16,7 +16,7 @@ import logging
 import threading
 from collections.abc import Callable, Iterator, Sequence
 
-from corral.common.errors import ErrorKind, HypervisorError, ParamError
+from corral.common.errors import ErrorKind, HypervisorError, ParamError, StorageError
 from corral.hypervisor.base import (
     AttachedDisk,
     ConsoleInfo,
@@ -27,6 +27,7 @@ from corral.hypervisor.base import (
 )
 from corral.node.backend.blockdev import Blockdevs
 from corral.rpc.calls import DiskRef
+from corral.storage.base import VolumeInfo, VolumeSpec
 
 log = logging.getLogger(__name__)
 
@@ -201,6 +202,35 @@ class Instances:
             else:
                 hv.reboot(spec.name, hard=reboot_type == "hard")
         log.info("rebooted instance %s (%s)", spec.name, reboot_type)
+
+    def grow_disk(
+        self, vol: VolumeSpec, amount: int, *, name: str, hypervisor: str, index: int
+    ) -> VolumeInfo:
+        """Grow an instance's disk by ``amount`` MiB, online when the instance runs.
+
+        A running instance whose driver resizes disks online (KVM: QEMU holds the image's
+        write lock) gets its disk grown through the hypervisor, so the guest sees the new
+        size; otherwise the storage driver grows the volume.
+
+        Raises:
+            StorageError: missing volume (NOT_FOUND), no room (NO_RESOURCES), tool failure.
+            HypervisorError: the hypervisor refused the online resize.
+        """
+        hv = self._get_hv(hypervisor)
+        with self.locks.hold(name):
+            if not hv.CAPABILITIES.online_disk_resize or hv.instance_info(name) is None:
+                return self._blockdevs.grow(vol, amount)
+            current = self._blockdevs.find(vol)
+            if current is None:
+                raise StorageError(
+                    f"disk {index} of {name} ({vol.logical_id}) does not exist",
+                    kind=ErrorKind.NOT_FOUND,
+                )
+            self._blockdevs.check_room(vol, amount)
+            hv.resize_disk(name, index, current.size + amount)
+            grown = self._blockdevs.find(vol)
+            assert grown is not None
+            return grown
 
     def balloon(self, name: str, hypervisor: str, memory: int) -> int:
         """Set a running instance's memory to ``memory`` MiB; return the new size.

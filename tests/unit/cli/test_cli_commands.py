@@ -136,9 +136,15 @@ def test_console_runs_command_locally(run, master, monkeypatch):
     master.add_instance("vm1", running=True)
     calls = []
     monkeypatch.setattr(actions, "exec_console", lambda prog, argv: calls.append(argv))
+    monkeypatch.setattr(actions, "stdin_is_tty", lambda: True)
     r = run("instance", "console", "vm1")
     assert r.exit_code == 0, r.output
     assert calls == [["socat", "STDIO,raw,echo=0", "UNIX-CONNECT:/run/vm1.serial"]]
+    # fed by a pipe (a script): socat cannot set a terminal to raw mode, so plain stdio
+    monkeypatch.setattr(actions, "stdin_is_tty", lambda: False)
+    calls.clear()
+    assert run("instance", "console", "vm1").exit_code == 0
+    assert calls == [["socat", "STDIO", "UNIX-CONNECT:/run/vm1.serial"]]
     r = run("instance", "console", "--show-cmd", "vm1")
     assert "socat STDIO,raw,echo=0 UNIX-CONNECT:/run/vm1.serial" in r.output
 

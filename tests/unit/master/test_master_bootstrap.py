@@ -49,7 +49,14 @@ def test_init_cluster_lays_out_everything(tmp_path):
     cluster = _init(paths)
     assert cluster.enabled_hypervisors == ["fake", "kvm"]
     assert cluster.beparams == {"maxmem": 256, "minmem": 256}
-    assert cluster.hvparams == {"fake": {"boot_delay": 0.5}}
+    # a cluster under another root keeps its kernels there (the schema defaults name /var/lib)
+    assert cluster.hvparams == {
+        "fake": {"boot_delay": 0.5},
+        "kvm": {
+            "kernel_path": os.path.join(paths.kernels_dir, "vmlinuz-kvmU"),
+            "initrd_path": os.path.join(paths.kernels_dir, "initrd-kvmU"),
+        },
+    }
     conf = load_cluster_conf(paths)
     assert conf.store == "sqlite://" + paths.store_db
     assert (conf.master_node, conf.master_address, conf.rapi_bind) == (

@@ -15,8 +15,16 @@ from corral.objects.units import check_name, format_size, parse_size_mib
 
 @pytest.mark.parametrize(
     ("raw", "mib"),
-    [("512M", 512), ("1G", 1024), ("1.5g", 1536), ("2T", 2 * 1024 * 1024), (64, 64), ("100", 100),
-     ("1GiB", 1024), ("2048k", 2)],
+    [
+        ("512M", 512),
+        ("1G", 1024),
+        ("1.5g", 1536),
+        ("2T", 2 * 1024 * 1024),
+        (64, 64),
+        ("100", 100),
+        ("1GiB", 1024),
+        ("2048k", 2),
+    ],
 )
 def test_parse_size(raw, mib):
     assert parse_size_mib(raw) == mib
@@ -38,7 +46,9 @@ def test_valid_names(name):
     assert check_name(name) is None
 
 
-@pytest.mark.parametrize("name", ["", "vm;rm", "a/b", "-x", "a b", "$(x)", "a..b", "../x", "x" * 300])
+@pytest.mark.parametrize(
+    "name", ["", "vm;rm", "a/b", "-x", "a b", "$(x)", "a..b", "../x", "x" * 300]
+)
 def test_invalid_names(name):
     assert check_name(name) is not None
 

@@ -88,7 +88,10 @@ def test_watch_returns_history_and_waits(store):
     store.delete("/w/a")
     store.put("/other", b"x")
     events = store.watch("/w/", start, timeout=0.1)
-    assert [(e.type, e.key) for e in events] == [(EventType.PUT, "/w/a"), (EventType.DELETE, "/w/a")]
+    assert [(e.type, e.key) for e in events] == [
+        (EventType.PUT, "/w/a"),
+        (EventType.DELETE, "/w/a"),
+    ]
 
     later = store.revision + 1
     assert store.watch("/w/", later, timeout=0.05) == []
