@@ -28,6 +28,7 @@ from typing import Any
 from corral.cli import actions
 from corral.cli.actions import ListOptions
 from corral.cli.common import Cli, paths_from, run_command
+from corral.cli.parsing import BARE_SIZES_ARE_MIB
 from corral.client import CorralClient
 
 Handler = Callable[[Cli, argparse.Namespace], int | None]
@@ -77,6 +78,8 @@ def _run(
         client_factory=client_factory,
     )
     handler: Handler = args.handler
+    # Ganeti reads a size without a unit as MiB; keep that for its syntax.
+    BARE_SIZES_ARE_MIB.set(True)
     return run_command(cli, lambda: handler(cli, args))
 
 

@@ -12,11 +12,14 @@ Syntax (as ``gnt-instance``):
   hypervisor name and a ``key=value`` list;
 * ``--disk 0:size=1G,mode=rw,name=data,format=qcow2``: index, colon, options;
 * ``--net 0:mac=auto,link=br0,mode=bridged,ip=192.0.2.10``;
-* sizes: ``512M``, ``1G``, ``1.5g``, ``2T`` or a bare number of MiB.
+* sizes: ``512M``, ``1G``, ``1.5g``, ``2T``. The ``corral`` command refuses a bare number
+  (``size=100`` is too easily meant as GiB); the ``gnt-*`` commands read it as MiB, like
+  Ganeti (see :data:`BARE_SIZES_ARE_MIB`).
 """
 
 from __future__ import annotations
 
+import contextvars
 from collections.abc import Sequence
 from typing import Any
 
@@ -27,14 +30,21 @@ class UsageError(Exception):
     """Bad command-line input (exit code 1, message on stderr)."""
 
 
+#: Whether a size without a unit is accepted as MiB: False for ``corral``, True while a
+#: ``gnt-*`` command runs (Ganeti's syntax; set by ``cli/gnt.py``).
+BARE_SIZES_ARE_MIB: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "BARE_SIZES_ARE_MIB", default=False
+)
+
+
 def parse_size(value: str, what: str) -> int:
-    """A size in MiB from ``512M``/``1G``/a bare number.
+    """A size in MiB from ``512M``/``1G`` (a bare number only under ``gnt-*``).
 
     Raises:
-        UsageError: naming ``what`` when the value is not a size.
+        UsageError: naming ``what`` when the value is not a size or lacks its unit.
     """
     try:
-        return parse_size_mib(value.strip())
+        return parse_size_mib(value.strip(), require_unit=not BARE_SIZES_ARE_MIB.get())
     except ValueError as exc:
         raise UsageError(f"{what}: {exc}") from None
 

@@ -97,7 +97,11 @@ def test_start_stop_reboot_modify_grow(run, master):
     assert "vm1" in master.live
     r = run("instance", "reboot", "--type", "soft", "vm1")
     assert r.exit_code == 0 and master.submitted[-1][0].reboot_type == "soft"
-    r = run("instance", "modify", "-B", "maxmem=512M", "-m", "300", "vm1")
+    # the corral CLI wants units (gnt-instance reads a bare number as MiB, like Ganeti)
+    r = run("instance", "modify", "-m", "300", "vm1")
+    assert r.exit_code == 1
+    assert "needs a unit" in r.output
+    r = run("instance", "modify", "-B", "maxmem=512M", "-m", "300M", "vm1")
     assert r.exit_code == 0, r.output
     op = master.submitted[-1][0]
     assert op.beparams == {"maxmem": 512} and op.runtime_mem == 300
