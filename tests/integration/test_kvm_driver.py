@@ -47,67 +47,7 @@ BOOT_TIMEOUT = 60.0
 MIB = 1024 * 1024
 
 
-# --- fixtures ---------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="session")
-def guest_kernel() -> Path:
-    """Kernel + initrd of the busybox guest, built once and cached under .cache/ (gitignored)."""
-    require_tool("qemu-system-x86_64", "socat", "dpkg-deb", "cpio")
-    out = Path(os.environ.get("CORRAL_TEST_KERNEL_DIR") or REPO / ".cache" / "busybox" / "out")
-    if not ((out / "vmlinuz").is_file() and (out / "initrd.img").is_file()):
-        cache = out.parent if out.name == "out" else REPO / ".cache" / "busybox"
-        subprocess.run(
-            [
-                str(REPO / "corral/osdefs/busybox/prepare-kernel"),
-                "--cache",
-                str(cache.resolve()),
-                "--out",
-                str(out.resolve()),
-            ],
-            check=True,
-            timeout=600,
-            capture_output=True,
-        )
-    return out
-
-
-WATCHDOG = r"""
-import os, sys, time, signal
-parent, listfile = int(sys.argv[1]), sys.argv[2]
-while os.getppid() == parent:
-    time.sleep(0.5)
-# pytest is gone: kill every guest it registered that is still a QEMU
-try:
-    pids = [int(x) for x in open(listfile).read().split()]
-except OSError:
-    pids = []
-for pid in pids:
-    try:
-        if b"qemu" in open(f"/proc/{pid}/cmdline", "rb").read():
-            os.kill(pid, signal.SIGKILL)
-    except OSError:
-        pass
-try:
-    os.unlink(listfile)
-except OSError:
-    pass
-"""
-
-
-@pytest.fixture(scope="session")
-def guest_reaper() -> Iterator[Path]:
-    """A watchdog that SIGKILLs registered guest pids if the pytest process dies."""
-    fd, listfile = tempfile.mkstemp(prefix="crl-guests-", dir="/tmp")
-    os.close(fd)
-    watchdog = subprocess.Popen(
-        [sys.executable, "-c", WATCHDOG, str(os.getpid()), listfile], start_new_session=True
-    )
-    yield Path(listfile)
-    watchdog.kill()
-    watchdog.wait()
-    if os.path.exists(listfile):
-        os.unlink(listfile)
+# --- fixtures (guest_kernel and guest_reaper live in conftest.py) ----------------------------
 
 
 class Env:
