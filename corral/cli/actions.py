@@ -174,7 +174,21 @@ def instance_info(cli: Cli, names: Sequence[str], *, static: bool = False) -> No
         return
     for name, info in data.items():
         cli.print(f"Instance name: {name}")
-        print_mapping(cli.out, {k: v for k, v in info.items() if k != "name"}, indent=1)
+        shown = {k: v for k, v in info.items() if k != "name"}
+        if isinstance(shown.get("nics"), list):
+            shown["nics"] = [_nic_view(n) for n in shown["nics"]]
+        print_mapping(cli.out, shown, indent=1)
+
+
+#: Ganeti's query-data NIC tuple, in order.
+_NIC_FIELDS = ("name", "uuid", "mac", "ip", "mode", "link", "vlan", "network", "network_name")
+
+
+def _nic_view(nic: Any) -> Any:
+    """A query-data NIC tuple as a readable mapping (set fields only)."""
+    if not isinstance(nic, list | tuple):
+        return nic
+    return {k: v for k, v in zip(_NIC_FIELDS, nic, strict=False) if v not in (None, "")}
 
 
 def _quiet_job(cli: Cli, job_id: int) -> dict[str, Any]:

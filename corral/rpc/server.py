@@ -403,7 +403,9 @@ class RpcServer:
                     exc_info=reply.error.__cause__,
                 )
             elif reply.status >= 500:
-                log.error(
+                # NOTE: the caller (the master's job executor) handles and logs this error;
+                # the node keeps an INFO line for its own history (STYLE: log once).
+                log.info(
                     "call %s from %s failed after %.3fs: %s", name, caller, elapsed, reply.error
                 )
             else:
