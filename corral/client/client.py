@@ -23,7 +23,7 @@ from typing import Any, Self
 
 import httpx
 
-from corral.common.errors import CorralError, ErrorKind, error_from_wire
+from corral.common.errors import CorralError, ErrorKind, error_from_result, error_from_wire
 from corral.common.paths import Paths
 
 #: Job statuses after which a job never changes.
@@ -45,27 +45,6 @@ _STATUS_KIND = {
 
 #: Seconds to wait for an answer; the server holds ``/2/jobs/[id]/wait`` for up to 10 s.
 DEFAULT_TIMEOUT = 60.0
-
-
-def error_from_result(result: Any) -> CorralError:
-    """Rebuild the error a failed opcode left as its result.
-
-    Accepts Corral's wire form (``{"type", "kind", "message", "fields"}``) and Ganeti's
-    (``[ErrorClass, [message, ecode]]``); anything else becomes a FAULT with its text.
-    """
-    if isinstance(result, dict) and "message" in result:
-        return error_from_wire(result)
-    if isinstance(result, list | tuple) and len(result) == 2:
-        cls_name, args = result
-        if isinstance(args, list | tuple) and args:
-            kind = ErrorKind.FAULT
-            if len(args) > 1:
-                try:
-                    kind = ErrorKind(str(args[1]))
-                except ValueError:
-                    kind = ErrorKind.FAULT
-            return CorralError(str(args[0]), kind=kind, remote_type=str(cls_name))
-    return CorralError(f"operation failed: {result!r}")
 
 
 def job_error(job: Mapping[str, Any]) -> CorralError | None:

@@ -266,6 +266,27 @@ def error_from_wire(data: Mapping[str, Any]) -> CorralError:
     return err
 
 
+def error_from_result(result: Any) -> CorralError:
+    """Rebuild the error a failed opcode left as its result.
+
+    Accepts Corral's wire form (``{"type", "kind", "message", "fields"}``) and Ganeti's
+    (``[ErrorClass, [message, ecode]]``); anything else becomes a FAULT with its text.
+    """
+    if isinstance(result, dict) and "message" in result:
+        return error_from_wire(result)
+    if isinstance(result, list | tuple) and len(result) == 2:
+        cls_name, args = result
+        if isinstance(args, list | tuple) and args:
+            kind = ErrorKind.FAULT
+            if len(args) > 1:
+                try:
+                    kind = ErrorKind(str(args[1]))
+                except ValueError:
+                    kind = ErrorKind.FAULT
+            return CorralError(str(args[0]), kind=kind, remote_type=str(cls_name))
+    return CorralError(f"operation failed: {result!r}")
+
+
 def _jsonable(value: Any) -> Any:
     if isinstance(value, Mapping):
         return {str(k): _jsonable(v) for k, v in value.items()}

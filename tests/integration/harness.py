@@ -41,7 +41,15 @@ def free_port(host: str) -> int:
 class LocalCluster:
     """One cluster: its root, address, ports and helpers to run commands against it."""
 
-    def __init__(self, root: Path, *, hypervisors: list[str], reaper: Path | None = None):
+    def __init__(
+        self,
+        root: Path,
+        *,
+        hypervisors: list[str],
+        reaper: Path | None = None,
+        admin_password: str | None = None,
+        cluster_name: str = "e2e",
+    ):
         from corral.master.bootstrap import init_cluster
 
         self.paths = Paths(str(root))
@@ -64,13 +72,14 @@ class LocalCluster:
             shutil.copy(deb, cache)
         init_cluster(
             self.paths,
-            cluster_name="e2e",
+            cluster_name=cluster_name,
             node_name="node1",
             node_address=self.host,
             enabled_hypervisors=hypervisors,
             rapi_port=self.rapi_port,
             noded_port=self.noded_port,
             file_storage_dir=os.path.join(self.paths.root, "srv/corral/disks"),
+            admin_password=admin_password,
         )
         self.env = {
             **os.environ,

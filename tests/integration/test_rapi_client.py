@@ -11,15 +11,13 @@ from __future__ import annotations
 
 import json
 import os
-import random
-import socket
 import subprocess
 import textwrap
 
 import pytest
 
-from corral.common.paths import Paths
 from tests.conftest import IN_CI
+from tests.integration.harness import LocalCluster
 
 DEBIAN_PYTHON = "/usr/bin/python3"
 NOOP_OS = "/usr/share/ganeti/os/noop"
@@ -49,50 +47,22 @@ def _need_ganeti_client() -> None:
         pytest.skip(msg)
 
 
-def _free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture
 def corral_cluster(tmp_path):
     """A one-node cluster with running daemons; yields (paths, host, rapi_port)."""
     _need_ganeti_client()
-    from corral.cli.daemons import start_daemons, stop_daemons
-    from corral.master.bootstrap import init_cluster
-
-    host = f"127.0.{random.randint(1, 250)}.{random.randint(2, 250)}"
-    paths = Paths(str(tmp_path / "root"))
-    paths.ensure()
-    os_dir = os.path.join(paths.root, "srv/ganeti/os")
-    os.makedirs(os_dir)
-    os.symlink(NOOP_OS, os.path.join(os_dir, "noop"))
-    rapi_port, noded_port = _free_port(host), _free_port(host)
-    init_cluster(
-        paths,
-        cluster_name="rapi-test",
-        node_name="node1",
-        node_address=host,
-        enabled_hypervisors=["fake"],
-        rapi_port=rapi_port,
-        noded_port=noded_port,
+    c = LocalCluster(
+        tmp_path / "root",
+        hypervisors=["fake"],
         admin_password=ADMIN_PASSWORD,
+        cluster_name="rapi-test",
     )
-    with open(paths.rapi_users, "a", encoding="utf-8") as fh:
+    with open(c.paths.rapi_users, "a", encoding="utf-8") as fh:
         fh.write(f"ro {RO_PASSWORD} read\n")
     try:
-        start_daemons(paths)
-        yield paths, host, rapi_port
+        yield c.paths, c.host, c.rapi_port
     finally:
-        try:
-            stop_daemons(paths, timeout=20)
-        finally:
-            for name in ("corral-master", "corral-noded"):
-                log = os.path.join(paths.log_dir, f"{name}.log")
-                if os.path.exists(log):
-                    with open(log, encoding="utf-8", errors="replace") as fh:
-                        print(f"--- {name}.log (tail) ---\n{fh.read()[-3000:]}")
+        c.close(show_logs=True)
 
 
 SCRIPT = textwrap.dedent(

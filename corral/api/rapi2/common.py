@@ -25,7 +25,11 @@ from fastapi.responses import JSONResponse
 from corral.api.auth import Access, Authenticator
 from corral.api.errors import HttpError
 from corral.api.protocol import MasterServiceApi
-from corral.common.errors import CorralError, ErrorKind, JobError, ParamError, error_from_wire
+from corral.common.errors import (
+    JobError,
+    ParamError,
+    error_from_result,
+)
 from corral.objects.job import JobStatus, OpStatus
 from corral.objects.opcodes import OpCode, opcode_from_dict
 
@@ -209,27 +213,6 @@ def parse_job_id(raw: str) -> int:
 def param_problem(field: str, reason: str) -> ParamError:
     """A one-field :class:`ParamError` (answered with 400)."""
     return ParamError({field: reason}, context="request")
-
-
-def error_from_result(result: Any) -> CorralError:
-    """Rebuild the error a failed opcode left as its result.
-
-    Accepts Corral's wire form (``{"type", "kind", "message", "fields"}``) and Ganeti's
-    (``[ErrorClass, [message, ecode]]``); anything else becomes a FAULT with its text.
-    """
-    if isinstance(result, dict) and "message" in result:
-        return error_from_wire(result)
-    if isinstance(result, list | tuple) and len(result) == 2:
-        cls_name, args = result
-        if isinstance(args, list | tuple) and args:
-            kind = ErrorKind.FAULT
-            if len(args) > 1:
-                try:
-                    kind = ErrorKind(str(args[1]))
-                except ValueError:
-                    kind = ErrorKind.FAULT
-            return CorralError(str(args[0]), kind=kind, remote_type=str(cls_name))
-    return CorralError(f"operation failed: {result!r}")
 
 
 async def run_job(request: Request, ops: list[OpCode], *, timeout: float = 120.0) -> Any:

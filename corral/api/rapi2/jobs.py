@@ -1,10 +1,15 @@
-"""RAPI v2 job resources: ``/2/jobs``, ``/2/jobs/[id]`` and the long poll ``/2/jobs/[id]/wait``."""
+"""RAPI v2 job resources: ``/2/jobs``, ``/2/jobs/[id]`` and the long poll ``/2/jobs/[id]/wait``.
+
+``POST /2/jobs`` (a Corral extension, answered only on the master's local socket) submits a job
+of raw opcodes, like Ganeti's luxi ``SubmitJob`` (``gnt-debug delay``/``submit-job``).
+"""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
+from corral.api.auth import Authenticator
 from corral.api.errors import HttpError
 from corral.api.fields import J_FIELDS, J_FIELDS_BULK
 from corral.api.rapi2.common import (
@@ -16,8 +21,10 @@ from corral.api.rapi2.common import (
     ok,
     parse_job_id,
     service_of,
+    submit,
     uri_list,
 )
+from corral.objects.opcodes import opcode_from_dict
 
 router = APIRouter()
 
@@ -35,6 +42,29 @@ async def list_jobs(request: Request) -> JSONResponse:
             ]
         )
     return ok(uri_list([j.id for j in jobs], "/2/jobs/%s"))
+
+
+@router.post("/2/jobs", dependencies=[WRITE])
+async def submit_job(request: Request) -> JSONResponse:
+    """Submit a job of raw opcodes (body ``{"ops": [{"OP_ID": ..., ...}, ...]}``); the job id.
+
+    Only on the trusted local socket, as Ganeti's luxi ``SubmitJob``: the RAPI over TCP has
+    no raw-opcode resource, so there the answer is 403.
+
+    Raises:
+        HttpError: 403 over TCP; 400 when the body is not an object with a non-empty
+            ``ops`` list of objects.
+        ParamError: an unknown opcode or bad opcode fields (400, naming the field).
+        CorralError: whatever the master refuses the job with.
+    """
+    auth: Authenticator = request.app.state.authenticator
+    if not auth.trusted(request.scope):
+        raise HttpError(403, "raw opcodes can only be submitted on the master's local socket")
+    body = await json_body(request)
+    ops = body.get("ops") if isinstance(body, dict) else None
+    if not isinstance(ops, list) or not ops or not all(isinstance(op, dict) for op in ops):
+        raise HttpError(400, "body contents: an object with a non-empty 'ops' list is required")
+    return ok(await submit(request, [opcode_from_dict(op) for op in ops]))
 
 
 @router.get("/2/jobs/{job_id}", dependencies=[READ])
