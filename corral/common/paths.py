@@ -137,6 +137,11 @@ class Paths:
         return self._p("etc/corral/hooks")
 
     @property
+    def ganeti_hooks_dir(self) -> str:
+        """Ganeti's hooks directory, run after :attr:`hooks_dir` for compatibility."""
+        return self._p("etc/ganeti/hooks")
+
+    @property
     def os_search_path(self) -> tuple[str, ...]:
         """Directories searched for OS definitions, in order."""
         return tuple(self._p(p) for p in OS_SEARCH_PATH)

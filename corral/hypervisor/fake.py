@@ -192,7 +192,12 @@ class FakeHypervisor(Hypervisor):
             vcpus=int(data["vcpus"]),
             cpu_time=max(0.0, time.time() - float(data.get("start_time", time.time()))) / 100,
             uuid=str(data.get("uuid", "")),
-            details={"reboots": data.get("reboots", 0), "fake": True},
+            details={
+                "reboots": data.get("reboots", 0),
+                "fake": True,
+                "max_memory": int(data["max_memory"]),
+                "min_memory": int(data["min_memory"]),
+            },
         )
 
     def instance_info(self, name: str) -> InstanceInfo | None:

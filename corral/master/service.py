@@ -25,12 +25,12 @@ from corral.master.config import ClusterConfig
 from corral.master.jobs.executor import DEFAULT_MAX_JOBS, JobExecutor
 from corral.master.jobs.queue import JobQueue, job_fields
 from corral.master.locking import LockManager
-from corral.master.ops.base import operation_class
+from corral.master.ops.base import OPERATIONS, operation_class
 from corral.master.ops.misc import merge_os_lists
 from corral.master.rpcrunner import NodeRunner, call_many
 from corral.objects.cluster import Cluster
 from corral.objects.instance import Instance
-from corral.objects.job import Job
+from corral.objects.job import Job, OpStatus
 from corral.objects.node import Node
 from corral.objects.opcodes import OpCode
 from corral.rpc.calls import (
@@ -136,7 +136,7 @@ class MasterService:
         Raises:
             JobError: no such job (NOT_FOUND).
         """
-        outcome = self.queue.cancel(job_id)
+        outcome = self.queue.cancel(job_id, interruptible=_reaches_cancellation_point)
         if outcome[0]:
             self.executor.request_cancel(job_id)
         return outcome
@@ -241,3 +241,19 @@ class MasterService:
             assert isinstance(answer, OsDiagnoseResponse)
             per_node[node_name] = answer.oses
         return merge_os_lists(per_node)
+
+
+def _reaches_cancellation_point(job: Job) -> bool:
+    """Whether a running job will still check for cancellation.
+
+    It does between operations, and inside operations that declare ``INTERRUPTIBLE``.
+    """
+    running = [i for i, op in enumerate(job.ops) if op.status is OpStatus.RUNNING]
+    if not running:
+        return True  # between operations, or still taking locks
+    index = running[0]
+    if index < len(job.ops) - 1:
+        return True
+    op_id = str(job.ops[index].input.get("OP_ID", ""))
+    cls = OPERATIONS.get(op_id)
+    return bool(cls is not None and cls.INTERRUPTIBLE)

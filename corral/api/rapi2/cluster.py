@@ -24,8 +24,9 @@ RAPI_VERSION = 2
 OS_API_VERSION = 20
 #: Features advertised on ``/2/features``; the RAPI client checks them before using the
 #: version-1 request bodies of create, reinstall, node migrate and node evacuate.
-FEATURES = ["instance-create-reqv1", "instance-reinstall-reqv1", "node-migrate-reqv1",
-            "node-evac-res1"]  # fmt: skip
+#: Only features whose resources exist: node-migrate-reqv1 and node-evac-res1 come with the
+#: node migrate/evacuate resources (multi-node clusters).
+FEATURES = ["instance-create-reqv1", "instance-reinstall-reqv1"]
 
 
 def cluster_info(cluster: Cluster) -> dict[str, Any]:

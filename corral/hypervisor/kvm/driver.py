@@ -505,6 +505,8 @@ class Kvm(Hypervisor):
         memory = actual // MIB if actual else (spec.memory if spec else 0)
         if runtime:
             details.update(
+                max_memory=runtime.spec.memory,
+                min_memory=runtime.spec.min_memory,
                 accel=runtime.accel,
                 accel_reason=runtime.accel_reason,
                 qemu_version=runtime.qemu_version,

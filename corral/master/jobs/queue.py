@@ -308,15 +308,19 @@ class JobQueue:
 
     # --- cancel ---------------------------------------------------------------------------
 
-    def cancel(self, job_id: int) -> tuple[bool, str]:
+    def cancel(
+        self, job_id: int, *, interruptible: Callable[[Job], bool] | None = None
+    ) -> tuple[bool, str]:
         """Cancel a job.
 
         Queued and waiting jobs are canceled at once; running ones become ``canceling`` and
-        stop at their next cancellation point.
+        stop at their next cancellation point, if they have one: ``interruptible(job)`` says
+        whether a running job still reaches one (e.g. it has operations left, or its running
+        operation checks for cancellation); when it does not, the cancel is refused.
 
         Returns:
             ``(True, message)`` when canceled or scheduled for cancellation, ``(False,
-            message)`` when the job had already finished.
+            message)`` when the job had already finished or cannot be interrupted any more.
 
         Raises:
             JobError: no such job (NOT_FOUND).
@@ -329,8 +333,15 @@ class JobQueue:
                 _cancel_now(job)
                 outcome = (True, f"Job {job_id} canceled")
             elif job.status is JobStatus.RUNNING:
+                if interruptible is not None and not interruptible(job):
+                    outcome = (
+                        False,
+                        f"Job {job_id} is running its last operation, which cannot be "
+                        "interrupted; it will finish",
+                    )
+                    raise _NoChange
                 job.status = JobStatus.CANCELING
-                outcome = (True, f"Job {job_id} will be canceled")
+                outcome = (True, f"Job {job_id} will be canceled at its next cancellation point")
             elif job.status is JobStatus.CANCELING:
                 outcome = (True, f"Job {job_id} is already being canceled")
                 raise _NoChange

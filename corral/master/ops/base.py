@@ -67,6 +67,10 @@ class OpContext:
 class Operation(Generic[OpT]):
     """Base class of operations; see the module docstring for the phases."""
 
+    #: Whether ``execute`` checks for cancellation while it runs (most operations change
+    #: a node in steps that must not be cut short, so they cannot be interrupted).
+    INTERRUPTIBLE: ClassVar[bool] = False
+
     OPCODE: ClassVar[type[OpCode]]
     HPATH: ClassVar[str | None] = None
     HTYPE: ClassVar[HookType | None] = None

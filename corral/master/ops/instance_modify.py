@@ -105,8 +105,8 @@ class InstanceSetParams(InstanceOperation[OpInstanceSetParams]):
     async def check_prereq(self) -> None:
         """Check the changed parameters; the node must accept them.
 
-        Runtime memory needs a running instance and must lie within [minmem, maxmem]
-        (unless ``force``).
+        Runtime memory needs a running instance and must lie within the [minmem, maxmem]
+        the guest was started with.
         """
         await super().check_prereq()
         inst, op, cluster = self.instance, self.op, self.cluster
@@ -141,11 +141,20 @@ class InstanceSetParams(InstanceOperation[OpInstanceSetParams]):
                     instance=inst.name,
                 )
             low, high = int(be["minmem"]), int(be["maxmem"])
-            if not op.force and not low <= op.runtime_mem <= high:
+            # NOTE: a running guest keeps the bounds it was started with (QEMU's -m is
+            # fixed); new minmem/maxmem values apply at its next start.
+            started_max = info.details.get("max_memory")
+            started_min = info.details.get("min_memory")
+            if isinstance(started_max, int) and started_max < high:
+                high = started_max
+            if isinstance(started_min, int) and started_min > low:
+                low = started_min
+            if not low <= op.runtime_mem <= high:
                 raise ParamError(
                     {
-                        "runtime_mem": f"must be between minmem {low} and maxmem {high} MiB "
-                        f"(got {op.runtime_mem}; use force to override)"
+                        "runtime_mem": f"must be between {low} and {high} MiB for the running "
+                        f"guest (got {op.runtime_mem}); changed minmem/maxmem apply at the "
+                        "next start"
                     },
                 )
             delta = op.runtime_mem - info.memory

@@ -27,6 +27,7 @@ class DebugDelay(Operation[OpTestDelay]):
     """Sleep on the master; a cancellation point every 0.1 s. The no-op job of benchmarks."""
 
     OPCODE = OpTestDelay
+    INTERRUPTIBLE = True
 
     def check_arguments(self) -> None:
         """Non-negative duration and repeat count."""

@@ -33,7 +33,7 @@ from corral.common.paths import Paths
 from corral.hypervisor.base import Hypervisor
 from corral.node.backend import info as node_info_mod
 from corral.node.backend.blockdev import Blockdevs, StorageGetter
-from corral.node.backend.hooks import HooksRunner
+from corral.node.backend.hooks import DEFAULT_HOOK_TIMEOUT, HooksRunner
 from corral.node.backend.instances import InstanceLocks, Instances
 from corral.node.backend.osrun import OsScripts
 from corral.rpc.calls import (
@@ -109,10 +109,10 @@ class NodeBackend:
         self.blockdevs = Blockdevs(self._get_storage)
         self.instances = Instances(self._get_hv, self.blockdevs, self.locks)
         self.oses = OsScripts(paths, node_name, self.blockdevs, self.locks)
-        self.hooks = (
-            HooksRunner(paths.hooks_dir)
-            if hook_timeout is None
-            else HooksRunner(paths.hooks_dir, timeout=hook_timeout)
+        self.hooks = HooksRunner(
+            paths.hooks_dir,
+            timeout=DEFAULT_HOOK_TIMEOUT if hook_timeout is None else hook_timeout,
+            extra_dirs=(paths.ganeti_hooks_dir,),
         )
 
     # NOTE: the registries are imported on first use so this module imports even while a

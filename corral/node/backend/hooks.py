@@ -1,7 +1,9 @@
 """The hooks runner: Ganeti's hooks interface (HOOKS_VERSION 2) on one node.
 
 For an operation with hooks path ``hpath`` and phase ``pre`` or ``post``, every entry of
-``<hooks_dir>/<hpath>-<phase>.d/`` is considered in lexicographic order:
+``<hooks_dir>/<hpath>-<phase>.d/`` (Corral's ``/etc/corral/hooks``, then Ganeti's
+``/etc/ganeti/hooks`` so existing hook scripts keep working) is considered in lexicographic
+order:
 
 * hidden entries (``.name``) are ignored entirely;
 * entries whose name does not match ``^[a-zA-Z0-9_-]+$`` (so ``x.sh`` or ``x~``), or that are
@@ -23,7 +25,7 @@ import os
 import re
 import stat
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from corral.common import runcmd
 from corral.common.errors import CommandError, CommandTimeout, ParamError
@@ -44,11 +46,23 @@ MAX_OUTPUT = 64 * 1024
 
 
 class HooksRunner:
-    """Runs the hook scripts of one hooks directory."""
+    """Runs the hook scripts of Corral's hooks directory and, after it, Ganeti's.
 
-    def __init__(self, hooks_dir: str, *, timeout: float = DEFAULT_HOOK_TIMEOUT) -> None:
-        """Create a runner for ``hooks_dir`` with a per-script ``timeout`` in seconds."""
+    Ganeti's scripts (``/etc/ganeti/hooks``) run unchanged after Corral's own; a directory
+    reached twice (one is a symlink to the other) runs once. Scripts of the extra
+    directories are labelled with their directory so results stay unambiguous.
+    """
+
+    def __init__(
+        self,
+        hooks_dir: str,
+        *,
+        timeout: float = DEFAULT_HOOK_TIMEOUT,
+        extra_dirs: Sequence[str] = (),
+    ) -> None:
+        """Create a runner for ``hooks_dir`` (then ``extra_dirs``) with a per-script timeout."""
         self.hooks_dir = hooks_dir
+        self.extra_dirs = tuple(extra_dirs)
         self.timeout = timeout
 
     def run(self, hpath: str, phase: str, env: Mapping[str, str]) -> list[HookResult]:
@@ -62,7 +76,19 @@ class HooksRunner:
         """
         subdir = self.subdir(hpath, phase)
         script_env = _check_env(env)
-        directory = os.path.join(self.hooks_dir, subdir)
+        results: list[HookResult] = []
+        seen: set[str] = set()
+        for base in (self.hooks_dir, *self.extra_dirs):
+            directory = os.path.join(base, subdir)
+            real = os.path.realpath(directory)
+            if real in seen:
+                continue
+            seen.add(real)
+            prefix = subdir if base == self.hooks_dir else directory
+            results += self._run_dir(directory, prefix, script_env)
+        return results
+
+    def _run_dir(self, directory: str, prefix: str, env: dict[str, str]) -> list[HookResult]:
         try:
             names = sorted(n for n in os.listdir(directory) if not n.startswith("."))
         except FileNotFoundError:
@@ -73,11 +99,11 @@ class HooksRunner:
         results = []
         for name in names:
             path = os.path.join(directory, name)
-            label = f"{subdir}/{name}"
+            label = f"{prefix}/{name}"
             if not HOOK_NAME_RE.match(name) or not _is_executable_file(path):
                 results.append(HookResult(script=label, status="skip"))
                 continue
-            results.append(self._run_one(path, label, script_env))
+            results.append(self._run_one(path, label, env))
         return results
 
     @staticmethod

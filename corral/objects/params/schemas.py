@@ -13,6 +13,7 @@ from corral.objects.params.spec import (
     as_size_mib,
     as_str,
     in_range,
+    size_range,
 )
 
 
@@ -31,7 +32,7 @@ BEPARAMS = Schema.of(
             default=128,
             type_name="size",
             doc="Memory the instance starts with and may balloon up to (MiB, or with a unit).",
-            check=in_range(16, 4 * 1024 * 1024),
+            check=size_range(16, 4 * 1024 * 1024),
         ),
         ParamSpec(
             name="minmem",
@@ -39,7 +40,7 @@ BEPARAMS = Schema.of(
             default=128,
             type_name="size",
             doc="Memory the instance may be ballooned down to.",
-            check=in_range(16, 4 * 1024 * 1024),
+            check=size_range(16, 4 * 1024 * 1024),
         ),
         ParamSpec(
             name="vcpus",

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from corral.common.errors import ParamError
-from corral.objects.units import parse_size_mib
+from corral.objects.units import format_size, parse_size_mib
 
 #: A coercer turns raw input into the typed value or raises ValueError(reason).
 Coercer = Callable[[Any], Any]
@@ -208,6 +208,20 @@ def in_range(low: float, high: float) -> Check:
     def check(value: Any) -> str | None:
         if value < low or value > high:
             return f"must be between {low:g} and {high:g}, got {value}"
+        return None
+
+    return check
+
+
+def size_range(low_mib: int, high_mib: int) -> Check:
+    """A check that a size in MiB lies in ``[low_mib, high_mib]`` (message with units)."""
+
+    def check(value: Any) -> str | None:
+        if value < low_mib or value > high_mib:
+            return (
+                f"must be between {format_size(low_mib)} and {format_size(high_mib)}, "
+                f"got {format_size(value)}"
+            )
         return None
 
     return check

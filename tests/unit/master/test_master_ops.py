@@ -128,6 +128,16 @@ async def test_instance_lifecycle(env: Env):
     job = await run_ops(svc, OpInstanceSetParams(instance_name="vm1", runtime_mem=1000))
     cls, msg, ecode = error_of(job)
     assert cls == "OpPrereqError" and ecode == ErrorKind.INVALID.value and "runtime_mem" in msg
+    # a raised maxmem applies at the next start: the running guest keeps its bounds
+    assert_ok(
+        await run_ops(svc, OpInstanceSetParams(instance_name="vm1", beparams={"maxmem": 512}))
+    )
+    job = await run_ops(svc, OpInstanceSetParams(instance_name="vm1", runtime_mem=400))
+    cls, msg, ecode = error_of(job)
+    assert ecode == ErrorKind.INVALID.value and "next start" in msg and "256 MiB" in msg
+    assert_ok(
+        await run_ops(svc, OpInstanceSetParams(instance_name="vm1", beparams={"maxmem": 256}))
+    )
 
     # grow the disk
     assert_ok(await run_ops(svc, OpInstanceGrowDisk(instance_name="vm1", disk=0, amount=32)))

@@ -207,3 +207,22 @@ async def test_wait_on_finished_job_answers_at_once(queue):
 async def test_wait_unknown_job(queue):
     with pytest.raises(JobError):
         await queue.wait_for_change(99, ["status"], None, None, 1)
+
+
+def test_cancel_refused_when_the_running_job_has_no_cancellation_point_left(queue):
+    from corral.master.service import _reaches_cancellation_point
+    from corral.objects.opcodes import OpInstanceStartup
+
+    job = queue.submit([OpTestDelay(), OpInstanceStartup(instance_name="vm1")])
+    queue.mark_running(job.id, 0)
+    # a running test-delay checks for cancellation; an op followed by another stops between
+    assert _reaches_cancellation_point(queue.get(job.id))
+    queue.mark_op_success(job.id, 0, None)
+    queue.mark_running(job.id, 1)
+    running_last = queue.get(job.id)
+    # the last operation is an instance start: it cannot be cut short
+    assert not _reaches_cancellation_point(running_last)
+    ok, msg = queue.cancel(job.id, interruptible=_reaches_cancellation_point)
+    assert not ok and "cannot be interrupted" in msg
+    assert queue.get(job.id).status is JobStatus.RUNNING
+    assert not queue.cancel_requested(job.id)

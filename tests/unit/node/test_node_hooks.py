@@ -134,3 +134,26 @@ def test_unexecutable_interpreter_is_a_failure(hooks_dir: Path) -> None:
 def test_bad_requests_refused(hooks_dir: Path, hpath: str, phase: str, env: dict[str, str]) -> None:
     with pytest.raises(ParamError):
         HooksRunner(str(hooks_dir)).run(hpath, phase, env)
+
+
+def test_ganeti_hooks_dir_runs_after_corral_and_once_when_shared(tmp_path):
+    corral_dir, ganeti_dir = tmp_path / "corral", tmp_path / "ganeti"
+    for base, name in ((corral_dir, "10-corral"), (ganeti_dir, "05-ganeti")):
+        d = base / "instance-start-post.d"
+        d.mkdir(parents=True)
+        script = d / name
+        script.write_text("#!/bin/sh\necho ran\n")
+        script.chmod(0o755)
+    results = HooksRunner(str(corral_dir), extra_dirs=[str(ganeti_dir)]).run(
+        "instance-start", "post", {}
+    )
+    assert [(r.script, r.status) for r in results] == [
+        ("instance-start-post.d/10-corral", "success"),
+        (f"{ganeti_dir}/instance-start-post.d/05-ganeti", "success"),
+    ]
+    # a Ganeti dir that is a symlink to Corral's runs once
+    (tmp_path / "link").symlink_to(corral_dir)
+    results = HooksRunner(str(corral_dir), extra_dirs=[str(tmp_path / "link")]).run(
+        "instance-start", "post", {}
+    )
+    assert [r.script for r in results] == ["instance-start-post.d/10-corral"]

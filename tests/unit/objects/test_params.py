@@ -124,3 +124,9 @@ def test_fill_layers():
     be = filled_beparams(cluster, inst)
     assert be["vcpus"] == 2  # None in the instance layer does not override
     assert be["maxmem"] == 512
+
+
+def test_memory_range_message_has_units():
+    with pytest.raises(ParamError) as err:
+        BEPARAMS.check_syntax({"maxmem": "99999G"})
+    assert err.value.problems["maxmem"] == "must be between 16M and 4T, got 97.7T"
