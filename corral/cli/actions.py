@@ -44,7 +44,8 @@ from corral.cli.parsing import (
     parse_kv,
     parse_size,
 )
-from corral.cli.progress import last_result, run_job, wait_job
+from corral.cli.progress import JobOptions, last_result, run_job, wait_job
+from corral.cli.qfilter import OP_AND, OP_EQUAL, OP_OR, evaluate, filter_fields, make_filter
 from corral.client import job_error
 
 #: Default columns (Ganeti's ``_LIST_DEF_FIELDS``).
@@ -68,13 +69,18 @@ exec_console: Callable[[str, list[str]], Any] = os.execvp
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class ListOptions:
-    """Options of every ``list`` command (Ganeti's)."""
+    """Options of every ``list`` command (Ganeti's).
+
+    ``force_filter`` (``-F``) makes the single name argument a query filter (see
+    :mod:`corral.cli.qfilter`).
+    """
 
     fields: str | None = None
     no_headers: bool = False
     separator: str | None = None
     units: str | None = None
     verbose: bool = False
+    force_filter: bool = False
 
 
 def confirm(cli: Cli, question: str, *, force: bool) -> None:
@@ -95,20 +101,44 @@ def confirm(cli: Cli, question: str, *, force: bool) -> None:
 
 
 def show_query(
-    cli: Cli, resource: str, default: Sequence[str], names: Sequence[str], opts: ListOptions
+    cli: Cli,
+    resource: str,
+    default: Sequence[str],
+    names: Sequence[str],
+    opts: ListOptions,
+    *,
+    namefield: str = "name",
+    extra_filter: list[Any] | None = None,
 ) -> None:
     """Run a query and print it (Ganeti table, rich table or JSON).
 
+    ``names`` may also be a query filter or globs (see :func:`~corral.cli.qfilter.make_filter`);
+    filters are applied here, on rows fetched with the fields they need. ``extra_filter`` is
+    and-ed to it (``gnt-job list --running``).
+
     Raises:
-        ExitCode: 14 when a field name is unknown.
+        UsageError: a filter that does not parse, or names a field that does not exist.
+        ExitCode: 14 when an output field name is unknown.
         CorralError: an unknown object name (NOT_FOUND) or an API failure.
     """
     fields = parse_fields(opts.fields, default)
-    result = cli.client().query(resource, fields, list(names) or None)
+    server_names, qfilter = make_filter(names, force_filter=opts.force_filter, namefield=namefield)
+    if extra_filter is not None:
+        qfilter = extra_filter if qfilter is None else [OP_AND, qfilter, extra_filter]
+    extra = [f for f in filter_fields(qfilter) if f not in fields]
+    result = cli.client().query(resource, fields + extra, server_names or None)
+    kinds = {f["name"]: f["kind"] for f in result["fields"]}
+    bad_filter = [f for f in filter_fields(qfilter) if kinds.get(f) == "unknown"]
+    if bad_filter:
+        raise UsageError(
+            f"query filter: unknown field(s) {', '.join(bad_filter)} (see '{resource} list-fields')"
+        )
     unknown = [f["name"] for f in result["fields"] if f["kind"] == "unknown"]
     if unknown:
         cli.error(f"unknown output field(s): {', '.join(unknown)} (see '{resource} list-fields')")
         raise ExitCode(EXIT_UNKNOWN_FIELD)
+    if qfilter is not None:
+        result = _filtered(result, qfilter, len(fields))
     if cli.json:
         print_json(query_records(result))
         return
@@ -128,6 +158,16 @@ def show_query(
         cli.out.print(rich_table(headers, rows))
 
 
+def _filtered(result: dict[str, Any], qfilter: list[Any], keep: int) -> dict[str, Any]:
+    """The rows of a query answer that match ``qfilter``, cut to the first ``keep`` columns.
+
+    The other columns were fetched for the filter only.
+    """
+    records = query_records(result)
+    rows = [row for row, rec in zip(result["data"], records, strict=True) if evaluate(qfilter, rec)]
+    return {"fields": result["fields"][:keep], "data": [row[:keep] for row in rows]}
+
+
 def list_fields(cli: Cli, resource: str, names: Sequence[str]) -> None:
     """Print the fields a list command knows."""
     defs = cli.client().query_fields(resource)
@@ -143,13 +183,23 @@ def list_fields(cli: Cli, resource: str, names: Sequence[str]) -> None:
 # --- instances ---------------------------------------------------------------------------------
 
 
-def instance_add(cli: Cli, name: str, *, submit: bool, dry_run: bool = False, **opts: Any) -> None:
+#: The job options of a command that has none on its command line.
+NO_JOB_OPTIONS = JobOptions()
+
+
+def instance_add(cli: Cli, name: str, *, job: JobOptions = NO_JOB_OPTIONS, **opts: Any) -> None:
     """Create an instance (options as ``gnt-instance add``); see ``build_create_request``."""
     body = build_create_request(name=name, **opts)
-    job_id = cli.client().create_instance(body, dry_run=dry_run)
-    job = run_job(cli, job_id, submit=submit, what=f"creating {name}")
-    if job is not None and not cli.ganeti:
-        nodes = last_result(job)
+    job_id = cli.client().create_instance(body, **job.api())
+    done = run_job(
+        cli,
+        job_id,
+        job,
+        what=f"creating {name}",
+        dry_run_text=f"instance {name} would be created",
+    )
+    if done is not None and not cli.ganeti and not job.dry_run:
+        nodes = last_result(done)
         where = f" on {', '.join(nodes)}" if isinstance(nodes, list) and nodes else ""
         cli.print(f"instance {name} created{where}")
 
@@ -204,7 +254,7 @@ def instance_start(
     cli: Cli,
     names: Sequence[str],
     *,
-    submit: bool,
+    job: JobOptions = NO_JOB_OPTIONS,
     force: bool = False,
     no_remember: bool = False,
     paused: bool = False,
@@ -220,15 +270,23 @@ def instance_start(
     if hvparams:
         body["hvparams"] = parse_hvparams(hvparams)[1]
     for name in _need_names(names):
-        job_id = cli.client().startup_instance(name, force=force, no_remember=no_remember, **body)
-        run_job(cli, job_id, submit=submit, what=f"starting {name}")
+        job_id = cli.client().startup_instance(
+            name, force=force, no_remember=no_remember, **job.api(), **body
+        )
+        run_job(
+            cli,
+            job_id,
+            job,
+            what=f"starting {name}",
+            dry_run_text=f"instance {name} would be started",
+        )
 
 
 def instance_stop(
     cli: Cli,
     names: Sequence[str],
     *,
-    submit: bool,
+    job: JobOptions = NO_JOB_OPTIONS,
     timeout: int | None = None,
     force: bool = False,
     no_remember: bool = False,
@@ -240,15 +298,21 @@ def instance_stop(
     if force:
         body["force"] = True
     for name in _need_names(names):
-        job_id = cli.client().shutdown_instance(name, no_remember=no_remember, **body)
-        run_job(cli, job_id, submit=submit, what=f"stopping {name}")
+        job_id = cli.client().shutdown_instance(name, no_remember=no_remember, **job.api(), **body)
+        run_job(
+            cli,
+            job_id,
+            job,
+            what=f"stopping {name}",
+            dry_run_text=f"instance {name} would be stopped",
+        )
 
 
 def instance_reboot(
     cli: Cli,
     names: Sequence[str],
     *,
-    submit: bool,
+    job: JobOptions = NO_JOB_OPTIONS,
     reboot_type: str = "hard",
     shutdown_timeout: int | None = None,
     ignore_secondaries: bool = False,
@@ -256,19 +320,31 @@ def instance_reboot(
     """Reboot instances (soft, hard or full)."""
     if reboot_type not in ("soft", "hard", "full"):
         raise UsageError(f"--type: expected soft, hard or full, got {reboot_type!r}")
-    body = {"shutdown_timeout": shutdown_timeout} if shutdown_timeout is not None else {}
+    body: dict[str, Any] = {}
+    if shutdown_timeout is not None:
+        body["shutdown_timeout"] = shutdown_timeout
     for name in _need_names(names):
         job_id = cli.client().reboot_instance(
-            name, reboot_type=reboot_type, ignore_secondaries=ignore_secondaries, **body
+            name,
+            reboot_type=reboot_type,
+            ignore_secondaries=ignore_secondaries,
+            **job.api(),
+            **body,
         )
-        run_job(cli, job_id, submit=submit, what=f"rebooting {name}")
+        run_job(
+            cli,
+            job_id,
+            job,
+            what=f"rebooting {name}",
+            dry_run_text=f"instance {name} would be rebooted ({reboot_type})",
+        )
 
 
 def instance_modify(
     cli: Cli,
     name: str,
     *,
-    submit: bool,
+    job: JobOptions = NO_JOB_OPTIONS,
     beparams: Sequence[str] = (),
     hvparams: Sequence[str] = (),
     osparams: Sequence[str] = (),
@@ -298,10 +374,16 @@ def instance_modify(
         raise UsageError("nothing to change: give -B, -H, -O, -m/--runtime-memory or --os-type")
     if force:
         body["force"] = True
-    job_id = cli.client().modify_instance(name, **body)
-    job = run_job(cli, job_id, submit=submit, what=f"modifying {name}")
-    result = last_result(job)
-    if job is not None and isinstance(result, list) and result:
+    job_id = cli.client().modify_instance(name, **job.api(), **body)
+    done = run_job(
+        cli,
+        job_id,
+        job,
+        what=f"modifying {name}",
+        dry_run_text=f"instance {name} would be modified",
+    )
+    result = last_result(done)
+    if done is not None and not job.dry_run and isinstance(result, list) and result:
         cli.print(f"Modified instance {name}")
         for item in result:
             if isinstance(item, list | tuple) and len(item) == 2:
@@ -314,7 +396,7 @@ def instance_grow_disk(
     disk: str,
     amount: str,
     *,
-    submit: bool,
+    job: JobOptions = NO_JOB_OPTIONS,
     absolute: bool = False,
     no_wait_for_sync: bool = False,
 ) -> None:
@@ -325,22 +407,36 @@ def instance_grow_disk(
         raise UsageError(f"disk: expected a disk index (0, 1, ...), got {disk!r}") from None
     mib = parse_size(amount, "amount")
     job_id = cli.client().grow_disk(
-        name, index, mib, absolute=absolute, wait_for_sync=not no_wait_for_sync
+        name, index, mib, absolute=absolute, wait_for_sync=not no_wait_for_sync, **job.api()
     )
-    run_job(cli, job_id, submit=submit, what=f"growing disk {index} of {name}")
+    run_job(
+        cli,
+        job_id,
+        job,
+        what=f"growing disk {index} of {name}",
+        dry_run_text=f"disk {index} of instance {name} would be grown",
+    )
 
 
-def instance_rename(cli: Cli, name: str, new_name: str, *, submit: bool) -> None:
+def instance_rename(
+    cli: Cli, name: str, new_name: str, *, job: JobOptions = NO_JOB_OPTIONS
+) -> None:
     """Rename an instance."""
-    job_id = cli.client().rename_instance(name, new_name)
-    run_job(cli, job_id, submit=submit, what=f"renaming {name} to {new_name}")
+    job_id = cli.client().rename_instance(name, new_name, **job.api())
+    run_job(
+        cli,
+        job_id,
+        job,
+        what=f"renaming {name} to {new_name}",
+        dry_run_text=f"instance {name} would be renamed to {new_name}",
+    )
 
 
 def instance_reinstall(
     cli: Cli,
     names: Sequence[str],
     *,
-    submit: bool,
+    job: JobOptions = NO_JOB_OPTIONS,
     os_type: str | None,
     osparams: Sequence[str] = (),
     force: bool = False,
@@ -353,16 +449,22 @@ def instance_reinstall(
     for name in _need_names(names):
         confirm(cli, f"This will reinstall the instance {name} and remove all data.", force=force)
         job_id = cli.client().reinstall_instance(
-            name, os=os_type, osparams=osp or None, start=start
+            name, os=os_type, osparams=osp or None, start=start, **job.api()
         )
-        run_job(cli, job_id, submit=submit, what=f"reinstalling {name}")
+        run_job(
+            cli,
+            job_id,
+            job,
+            what=f"reinstalling {name}",
+            dry_run_text=f"instance {name} would be reinstalled",
+        )
 
 
 def instance_remove(
     cli: Cli,
     name: str,
     *,
-    submit: bool,
+    job: JobOptions = NO_JOB_OPTIONS,
     force: bool = False,
     ignore_failures: bool = False,
     shutdown_timeout: int | None = None,
@@ -379,12 +481,18 @@ def instance_remove(
         body["ignore_failures"] = True
     if shutdown_timeout is not None:
         body["shutdown_timeout"] = shutdown_timeout
-    job_id = cli.client().remove_instance(name, **body)
-    run_job(cli, job_id, submit=submit, what=f"removing {name}")
+    job_id = cli.client().remove_instance(name, **job.api(), **body)
+    run_job(
+        cli,
+        job_id,
+        job,
+        what=f"removing {name}",
+        dry_run_text=f"instance {name} would be removed",
+    )
 
 
 def instance_tags(
-    cli: Cli, action: str, name: str, tags: Sequence[str], *, submit: bool = False
+    cli: Cli, action: str, name: str, tags: Sequence[str], *, job: JobOptions = NO_JOB_OPTIONS
 ) -> None:
     """``list``, ``add`` or ``remove`` instance tags."""
     client = cli.client()
@@ -395,10 +503,12 @@ def instance_tags(
     if not tags:
         raise UsageError(f"{action}-tags: give at least one tag")
     if action == "add":
-        job_id = client.add_instance_tags(name, tags)
+        job_id = client.add_instance_tags(name, tags, **job.api())
+        text = f"tags would be added to instance {name}"
     else:
-        job_id = client.remove_instance_tags(name, tags)
-    run_job(cli, job_id, submit=submit)
+        job_id = client.remove_instance_tags(name, tags, **job.api())
+        text = f"tags would be removed from instance {name}"
+    run_job(cli, job_id, job, dry_run_text=text)
 
 
 def is_local_host(host: str) -> bool:
@@ -470,9 +580,41 @@ def _need_names(names: Sequence[str]) -> list[str]:
 # --- jobs, nodes, OS, cluster --------------------------------------------------------------
 
 
-def job_list(cli: Cli, ids: Sequence[str], opts: ListOptions) -> None:
-    """List jobs."""
-    show_query(cli, "job", JOB_LIST_DEFAULT, [str(_job_id(i)) for i in ids], opts)
+#: Every job status (Ganeti's).
+JOB_STATUSES = frozenset(
+    {"queued", "waiting", "canceling", "running", "canceled", "success", "error"}
+)
+#: Job statuses selected by ``gnt-job list --pending|--running|--error|--finished``
+#: (Ganeti's ``JOBS_PENDING``, running, error, ``JOBS_FINALIZED``).
+JOB_STATUS_FILTERS = {
+    "pending": ("queued", "waiting", "canceling"),
+    "running": ("running",),
+    "error": ("error",),
+    "finished": ("canceled", "success", "error"),
+}
+
+
+def job_list(
+    cli: Cli, ids: Sequence[str], opts: ListOptions, *, statuses: Sequence[str] = ()
+) -> None:
+    """List jobs; ``statuses``, if given, selects the jobs in one of them.
+
+    Raises:
+        UsageError: a job id that is not a number (or a filter that does not parse).
+    """
+    server_ids, qfilter = make_filter(ids, force_filter=opts.force_filter, namefield="id")
+    if qfilter is None:
+        ids = [str(_job_id(i)) for i in server_ids]
+    unknown = sorted(set(statuses) - JOB_STATUSES)
+    if unknown:
+        raise UsageError(
+            f"--status: unknown job status(es) {', '.join(unknown)} "
+            f"(known: {', '.join(sorted(JOB_STATUSES))})"
+        )
+    extra: list[Any] | None = None
+    if statuses:
+        extra = [OP_OR, *[[OP_EQUAL, "status", s] for s in statuses]]
+    show_query(cli, "job", JOB_LIST_DEFAULT, ids, opts, namefield="id", extra_filter=extra)
 
 
 def _job_id(raw: str | int) -> int:

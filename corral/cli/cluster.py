@@ -6,6 +6,7 @@ start/stop the daemons; everything else goes through the API.
 
 from __future__ import annotations
 
+import os
 import socket
 from collections.abc import Sequence
 from typing import Annotated, Any
@@ -14,9 +15,11 @@ import typer
 
 from corral.cli import actions
 from corral.cli.common import Cli, run_command
-from corral.cli.daemons import start_daemons, stop_daemons
+from corral.cli.daemons import MASTER, start_daemons, stop_daemons
 from corral.cli.parsing import UsageError, parse_beparams, parse_hv_option, parse_kv
-from corral.common.paths import DEFAULT_NODED_PORT, DEFAULT_RAPI_PORT
+from corral.common import daemonize
+from corral.common.errors import CorralError, ErrorKind, OpError
+from corral.common.paths import DEFAULT_NODED_PORT, DEFAULT_RAPI_PORT, Paths
 
 app = typer.Typer(help="Cluster-wide commands.", no_args_is_help=True)
 
@@ -95,12 +98,50 @@ def cluster_init(
         start_daemons(cli.paths, cli=cli)
 
 
+def stored_instance_names(paths: Paths) -> list[str]:
+    """Names of the instances in the cluster's store, read directly (master not running).
+
+    Raises:
+        StoreError: the store cannot be opened or read.
+    """
+    from corral.master.bootstrap import open_store, store_url
+    from corral.master.config import ClusterConfig
+
+    if not os.path.exists(paths.store_db):
+        return []
+    store = open_store(store_url(paths.store_db))
+    try:
+        return sorted(inst.name for inst in ClusterConfig(store).instances())
+    finally:
+        store.close()
+
+
+def remaining_instances(cli: Cli) -> list[str]:
+    """The instances the cluster still has: asked from the running master, else from the store.
+
+    Raises:
+        CorralError: the master answered with an error, or the store cannot be read.
+    """
+    if daemonize.daemon_status(cli.paths.pid_file(MASTER), name=MASTER) is not None:
+        try:
+            return sorted(cli.client().instance_names())
+        except CorralError as exc:
+            if exc.kind is not ErrorKind.ENVIRONMENT:
+                raise
+            # NOTE: a master that runs but does not answer: its store says the same.
+    return stored_instance_names(cli.paths)
+
+
 def cluster_destroy(cli: Cli, *, yes_do_it: bool, force: bool = False) -> None:
     """Stop the daemons and remove the cluster's state from this host.
 
+    Instances are checked for before anything is stopped: with instances left (and no
+    ``force``) nothing changes and the daemons keep running.
+
     Raises:
         UsageError: ``--yes-do-it`` was not given.
-        CorralError: instances remain (remove them first) or a file cannot be removed.
+        OpError: instances remain and ``force`` is not set (kind WRONG_STATE).
+        CorralError: the instances cannot be listed, or a file cannot be removed.
     """
     from corral.master.bootstrap import destroy_cluster
 
@@ -109,8 +150,27 @@ def cluster_destroy(cli: Cli, *, yes_do_it: bool, force: bool = False) -> None:
             "destroying a cluster is irreversible; if you really want to destroy this "
             "cluster, supply the --yes-do-it option"
         )
+    if not force:
+        names = remaining_instances(cli)
+        if names:
+            shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
+            how = (
+                "use 'corral cluster destroy --yes-do-it --force'" if cli.ganeti else "pass --force"
+            )
+            raise OpError(
+                f"there are still {len(names)} instance(s) in the cluster ({shown}); remove "
+                f"them first, or {how} to destroy the cluster anyway (their disks and "
+                "running guests are left behind); nothing was changed",
+                kind=ErrorKind.WRONG_STATE,
+            )
     stop_daemons(cli.paths, cli=cli)
-    destroy_cluster(cli.paths, force=force)
+    try:
+        destroy_cluster(cli.paths, force=force)
+    except CorralError as exc:
+        raise CorralError(
+            f"{exc} (the daemons were stopped: 'corral daemons start' starts them again)",
+            kind=exc.kind,
+        ) from exc
     cli.print("Cluster destroyed")
 
 

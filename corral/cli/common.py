@@ -29,6 +29,15 @@ EXIT_UNKNOWN_FIELD = 14
 PASSWORD_ENV = "CORRAL_PASSWORD"
 
 
+def data_console(*, stderr: bool = False) -> Console:
+    """A rich console that prints data verbatim.
+
+    Names, MACs, tags and messages come from users and guests: neither rich markup
+    (``[bold]``), emoji codes (``:cd:`` in a MAC) nor highlighting may change them.
+    """
+    return Console(stderr=stderr, highlight=False, markup=False, emoji=False, soft_wrap=True)
+
+
 class ExitCode(Exception):
     """Leave the command with this exit code (the message, if any, is already printed)."""
 
@@ -57,12 +66,8 @@ class Cli:
     ca_cert: str | None = None
     insecure: bool = False
     ganeti: bool = False
-    out: Console = dataclasses.field(
-        default_factory=lambda: Console(highlight=False, soft_wrap=True)
-    )
-    err: Console = dataclasses.field(
-        default_factory=lambda: Console(stderr=True, highlight=False, soft_wrap=True)
-    )
+    out: Console = dataclasses.field(default_factory=data_console)
+    err: Console = dataclasses.field(default_factory=lambda: data_console(stderr=True))
     client_factory: Callable[[Cli], CorralClient] | None = None
     _client: CorralClient | None = None
 
@@ -72,17 +77,28 @@ class Cli:
         return self.output == "json"
 
     def client(self) -> CorralClient:
-        """The API client (created on first use)."""
+        """The API client (created on first use).
+
+        Raises:
+            UsageError: a RAPI user is given without a password in ``$CORRAL_PASSWORD``.
+        """
         if self._client is None:
             if self.client_factory is not None:
                 self._client = self.client_factory(self)
             elif self.api_url:
+                password = os.environ.get(PASSWORD_ENV)
+                if self.user and not password:
+                    from corral.master.bootstrap import admin_password_file
+
+                    option = "$CORRAL_USER" if self.ganeti else "--user"
+                    raise UsageError(
+                        f"no password given for the RAPI user {self.user!r} ({option}): "
+                        f"put it in ${PASSWORD_ENV} (the generated password of 'admin' is "
+                        f"in {admin_password_file(self.paths)} on the master)"
+                    )
                 verify: bool | str = False if self.insecure else (self.ca_cert or True)
                 self._client = CorralClient(
-                    url=self.api_url,
-                    user=self.user,
-                    password=os.environ.get(PASSWORD_ENV),
-                    verify=verify,
+                    url=self.api_url, user=self.user, password=password, verify=verify
                 )
             else:
                 self._client = CorralClient.for_paths(self.paths)
@@ -96,11 +112,11 @@ class Cli:
 
     def print(self, text: str = "") -> None:
         """Print plain text on stdout (no markup)."""
-        self.out.print(text, markup=False, highlight=False)
+        self.out.print(text, markup=False, highlight=False, emoji=False)
 
     def error(self, text: str) -> None:
         """Print an error on stderr."""
-        self.err.print(text, markup=False, highlight=False)
+        self.err.print(text, markup=False, highlight=False, emoji=False)
 
 
 def paths_from(root: str | None) -> Paths:

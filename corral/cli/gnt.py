@@ -23,12 +23,13 @@ import argparse
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, TypeAlias
 
 from corral.cli import actions
 from corral.cli.actions import ListOptions
 from corral.cli.common import Cli, paths_from, run_command
 from corral.cli.parsing import BARE_SIZES_ARE_MIB
+from corral.cli.progress import JobOptions
 from corral.client import CorralClient
 
 Handler = Callable[[Cli, argparse.Namespace], int | None]
@@ -37,15 +38,25 @@ Handler = Callable[[Cli, argparse.Namespace], int | None]
 client_factory: Callable[[Cli], CorralClient] | None = None
 
 
-def _common(p: argparse.ArgumentParser, *, submit: bool = True, force: bool = False) -> None:
-    if submit:
-        p.add_argument("--submit", action="store_true", help="submit the job and return")
-        p.add_argument("--print-jobid", action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("--dry-run", action="store_true", help=argparse.SUPPRESS)
+def _common(p: argparse.ArgumentParser, *, force: bool = False) -> None:
+    """The options of every job-submitting subcommand (read back by :func:`_job`)."""
+    p.add_argument("--submit", action="store_true", help="submit the job and return")
+    p.add_argument("--print-jobid", action="store_true", help="print the job id")
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="only run the master's checks; change nothing",
+    )
     p.add_argument("-d", "--debug", action="count", default=0, help=argparse.SUPPRESS)
-    p.add_argument("--reason", help=argparse.SUPPRESS)
+    p.add_argument("--reason", help="reason recorded in the job's reason trail")
     if force:
         p.add_argument("-f", "--force", action="store_true", help="do not ask for confirmation")
+
+
+def _job(a: argparse.Namespace) -> JobOptions:
+    return JobOptions(
+        submit=a.submit, dry_run=a.dry_run, reason=a.reason, print_jobid=a.print_jobid
+    )
 
 
 def _list_opts(p: argparse.ArgumentParser) -> None:
@@ -54,20 +65,33 @@ def _list_opts(p: argparse.ArgumentParser) -> None:
     p.add_argument("--units", choices=["h", "m", "g", "t"])
     p.add_argument("-v", "--verbose", action="store_true")
     p.add_argument("-o", "--output", dest="fields", help="FIELD,... or +FIELD,...")
-    p.add_argument("-F", "--filter", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument(
+        "-F",
+        "--filter",
+        dest="force_filter",
+        action="store_true",
+        help="the argument is a query filter, e.g. 'status == \"running\"'",
+    )
 
 
 def _lo(a: argparse.Namespace) -> ListOptions:
-    return ListOptions(a.fields, a.no_headers, a.separator, a.units, a.verbose)
+    return ListOptions(a.fields, a.no_headers, a.separator, a.units, a.verbose, a.force_filter)
 
 
-def _run(
-    prog: str, build: Callable[[argparse._SubParsersAction[Any]], None], argv: Sequence[str] | None
-) -> int:
+Builder: TypeAlias = "Callable[[argparse._SubParsersAction[Any]], None]"
+
+
+def build_parser(prog: str, build: Builder) -> argparse.ArgumentParser:
+    """The option parser of one ``gnt-*`` command (``build`` adds its subcommands)."""
     parser = argparse.ArgumentParser(prog=prog, description=f"{prog}: Ganeti-compatible Corral")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     build(sub)
+    return parser
+
+
+def _run(prog: str, build: Builder, argv: Sequence[str] | None) -> int:
+    parser = build_parser(prog, build)
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
     cli = Cli(
         paths=paths_from(None),
@@ -105,8 +129,7 @@ def _instance_commands(sub: argparse._SubParsersAction[Any]) -> None:
         lambda c, a: actions.instance_add(
             c,
             a.name,
-            submit=a.submit,
-            dry_run=a.dry_run,
+            job=_job(a),
             disk_template=a.disk_template,
             disks=a.disk,
             single_size=a.os_size,
@@ -182,7 +205,7 @@ def _instance_commands(sub: argparse._SubParsersAction[Any]) -> None:
         lambda c, a: actions.instance_start(
             c,
             a.names,
-            submit=a.submit,
+            job=_job(a),
             force=a.force,
             no_remember=a.no_remember,
             paused=a.paused,
@@ -205,7 +228,7 @@ def _instance_commands(sub: argparse._SubParsersAction[Any]) -> None:
         sub,
         "shutdown",
         lambda c, a: actions.instance_stop(
-            c, a.names, submit=a.submit, timeout=a.timeout, force=a.force, no_remember=a.no_remember
+            c, a.names, job=_job(a), timeout=a.timeout, force=a.force, no_remember=a.no_remember
         ),
         "stop instances",
         ["stop"],
@@ -223,7 +246,7 @@ def _instance_commands(sub: argparse._SubParsersAction[Any]) -> None:
         lambda c, a: actions.instance_reboot(
             c,
             a.names,
-            submit=a.submit,
+            job=_job(a),
             reboot_type=a.type,
             shutdown_timeout=a.shutdown_timeout,
             ignore_secondaries=a.ignore_secondaries,
@@ -243,7 +266,7 @@ def _instance_commands(sub: argparse._SubParsersAction[Any]) -> None:
         lambda c, a: actions.instance_modify(
             c,
             a.name,
-            submit=a.submit,
+            job=_job(a),
             beparams=a.beparams,
             hvparams=a.hvparams,
             osparams=a.osparams,
@@ -269,7 +292,7 @@ def _instance_commands(sub: argparse._SubParsersAction[Any]) -> None:
             a.name,
             a.disk,
             a.amount,
-            submit=a.submit,
+            job=_job(a),
             absolute=a.absolute,
             no_wait_for_sync=a.no_wait_for_sync,
         ),
@@ -285,7 +308,7 @@ def _instance_commands(sub: argparse._SubParsersAction[Any]) -> None:
     p = _add(
         sub,
         "rename",
-        lambda c, a: actions.instance_rename(c, a.name, a.new_name, submit=a.submit),
+        lambda c, a: actions.instance_rename(c, a.name, a.new_name, job=_job(a)),
         "rename an instance",
     )
     p.add_argument("--no-ip-check", action="store_true", help=argparse.SUPPRESS)
@@ -298,7 +321,7 @@ def _instance_commands(sub: argparse._SubParsersAction[Any]) -> None:
         sub,
         "reinstall",
         lambda c, a: actions.instance_reinstall(
-            c, a.names, submit=a.submit, os_type=a.os_type, osparams=a.osparams, force=a.force
+            c, a.names, job=_job(a), os_type=a.os_type, osparams=a.osparams, force=a.force
         ),
         "reinstall the OS",
     )
@@ -314,7 +337,7 @@ def _instance_commands(sub: argparse._SubParsersAction[Any]) -> None:
         lambda c, a: actions.instance_remove(
             c,
             a.name,
-            submit=a.submit,
+            job=_job(a),
             force=a.force,
             ignore_failures=a.ignore_failures,
             shutdown_timeout=a.shutdown_timeout,
@@ -342,7 +365,8 @@ def _tags_handler(verb: str) -> Handler:
             stream = sys.stdin if a.from_file == "-" else open(a.from_file, encoding="utf-8")  # noqa: SIM115
             with stream:
                 tags += [line.strip() for line in stream if line.strip()]
-        actions.instance_tags(cli, verb, a.name, tags, submit=getattr(a, "submit", False))
+        job = _job(a) if hasattr(a, "submit") else actions.NO_JOB_OPTIONS
+        actions.instance_tags(cli, verb, a.name, tags, job=job)
 
     return handler
 
@@ -412,11 +436,42 @@ def gnt_cluster(argv: Sequence[str] | None = None) -> int:
 
 
 def _job_commands(sub: argparse._SubParsersAction[Any]) -> None:
-    p = _add(sub, "list", lambda c, a: actions.job_list(c, a.ids, _lo(a)), "list jobs")
+    p = _add(
+        sub,
+        "list",
+        lambda c, a: actions.job_list(
+            c, a.ids, _lo(a), statuses=actions.JOB_STATUS_FILTERS.get(a.status_filter or "", ())
+        ),
+        "list jobs",
+    )
     _list_opts(p)
-    for flag in ("--pending", "--running", "--error", "--finished", "--archived"):
-        p.add_argument(flag, action="store_true", help=argparse.SUPPRESS)
+    # As Ganeti's: each selects a set of statuses; the last one given wins.
+    for flag, what in (
+        ("pending", "jobs waiting to run or being canceled"),
+        ("running", "running jobs"),
+        ("error", "failed jobs"),
+        ("finished", "finished jobs (success, error, canceled)"),
+    ):
+        p.add_argument(
+            f"--{flag}",
+            dest="status_filter",
+            action="store_const",
+            const=flag,
+            help=f"only {what}",
+        )
+    p.add_argument(
+        "--archived",
+        action="store_true",
+        help="include archived jobs (Corral keeps every job, so they are always included)",
+    )
     p.add_argument("ids", nargs="*")
+    p = _add(
+        sub,
+        "list-fields",
+        lambda c, a: actions.list_fields(c, "job", a.names),
+        "list the available fields",
+    )
+    p.add_argument("names", nargs="*")
     p = _add(sub, "info", lambda c, a: actions.job_info(c, a.ids), "show job details")
     p.add_argument("ids", nargs="*")
     p = _add(sub, "watch", lambda c, a: actions.job_watch(c, a.id), "follow a job's output")
@@ -475,6 +530,16 @@ def _os_commands(sub: argparse._SubParsersAction[Any]) -> None:
 def gnt_os(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``gnt-os``."""
     return _run("gnt-os", _os_commands, argv)
+
+
+#: Every ``gnt-*`` command and the function that adds its subcommands.
+COMMANDS: dict[str, Builder] = {
+    "gnt-instance": _instance_commands,
+    "gnt-cluster": _cluster_commands,
+    "gnt-job": _job_commands,
+    "gnt-node": _node_commands,
+    "gnt-os": _os_commands,
+}
 
 
 if __name__ == "__main__":

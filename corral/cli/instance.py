@@ -2,6 +2,8 @@
 
 Option syntax is Ganeti's (``-t file --disk 0:size=1G -o busybox -B memory=256M,vcpus=1``);
 long operations show live job progress unless ``--submit`` (which prints ``JobID: N``).
+Every changing command takes ``--dry-run`` (the master only runs its checks) and ``--reason``
+(recorded in the job's reason trail).
 """
 
 from __future__ import annotations
@@ -14,10 +16,13 @@ import typer
 from corral.cli import actions
 from corral.cli.actions import ListOptions
 from corral.cli.common import Cli, run_command
+from corral.cli.progress import JobOptions
 
 app = typer.Typer(help="Instance commands.", no_args_is_help=True)
 
 SUBMIT = typer.Option("--submit", help="Print the job id and return at once.")
+DRY_RUN = typer.Option("--dry-run", help="Only run the master's checks; change nothing.")
+REASON = typer.Option("--reason", help="Reason recorded in the job's reason trail.")
 
 
 def _run(ctx: typer.Context, action: Callable[[Cli], int | None]) -> None:
@@ -59,8 +64,9 @@ def add_cmd(
     ] = False,
     file_storage_dir: Annotated[str | None, typer.Option("--file-storage-dir")] = None,
     tags: Annotated[list[str] | None, typer.Option("--tags", help="Tag (repeatable).")] = None,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only check the request.")] = False,
     submit: Annotated[bool, SUBMIT] = False,
+    dry_run: Annotated[bool, DRY_RUN] = False,
+    reason: Annotated[str | None, REASON] = None,
 ) -> None:
     """Create an instance (disks, OS installation, start)."""
     _run(
@@ -68,8 +74,7 @@ def add_cmd(
         lambda cli: actions.instance_add(
             cli,
             name,
-            submit=submit,
-            dry_run=dry_run,
+            job=JobOptions(submit=submit, dry_run=dry_run, reason=reason),
             disk_template=disk_template,
             disks=disks or [],
             single_size=single_size,
@@ -100,9 +105,19 @@ def list_cmd(
     separator: Annotated[str | None, typer.Option("--separator")] = None,
     units: Annotated[str | None, typer.Option("--units", help="h, m, g or t")] = None,
     verbose: Annotated[bool, typer.Option("-v", "--verbose")] = False,
+    force_filter: Annotated[
+        bool,
+        typer.Option(
+            "-F", "--filter", help="The argument is a query filter, e.g. 'status == \"running\"'."
+        ),
+    ] = False,
 ) -> None:
-    """List instances (default: name, hypervisor, os, pnode, status, oper_ram)."""
-    opts = ListOptions(fields, no_headers, separator, units, verbose)
+    """List instances (default: name, hypervisor, os, pnode, status, oper_ram).
+
+    NAMES may be globs (``'web*'``) or one query filter such as ``'status == "running" and
+    be/vcpus >= 2'`` (see docs/usage.md).
+    """
+    opts = ListOptions(fields, no_headers, separator, units, verbose, force_filter)
     _run(ctx, lambda cli: actions.instance_list(cli, names or [], opts))
 
 
@@ -144,14 +159,14 @@ def _start(
     paused: bool,
     beparams: list[str],
     hvparams: list[str],
-    submit: bool,
+    job: JobOptions,
 ) -> None:
     _run(
         ctx,
         lambda cli: actions.instance_start(
             cli,
             names,
-            submit=submit,
+            job=job,
             force=force,
             no_remember=no_remember,
             paused=paused,
@@ -178,9 +193,12 @@ def start_cmd(
         typer.Option("-H", "--hypervisor-parameters", help="Temporary key=value,..."),
     ] = None,
     submit: Annotated[bool, SUBMIT] = False,
+    dry_run: Annotated[bool, DRY_RUN] = False,
+    reason: Annotated[str | None, REASON] = None,
 ) -> None:
     """Start instances (alias: startup)."""
-    _start(ctx, names or [], force, no_remember, paused, beparams or [], hvparams or [], submit)
+    job = JobOptions(submit=submit, dry_run=dry_run, reason=reason)
+    _start(ctx, names or [], force, no_remember, paused, beparams or [], hvparams or [], job)
 
 
 app.command("startup", hidden=True)(start_cmd)
@@ -196,12 +214,19 @@ def stop_cmd(
     force: Annotated[bool, typer.Option("--force")] = False,
     no_remember: Annotated[bool, typer.Option("--no-remember")] = False,
     submit: Annotated[bool, SUBMIT] = False,
+    dry_run: Annotated[bool, DRY_RUN] = False,
+    reason: Annotated[str | None, REASON] = None,
 ) -> None:
     """Stop instances (alias: shutdown)."""
     _run(
         ctx,
         lambda cli: actions.instance_stop(
-            cli, names or [], submit=submit, timeout=timeout, force=force, no_remember=no_remember
+            cli,
+            names or [],
+            job=JobOptions(submit=submit, dry_run=dry_run, reason=reason),
+            timeout=timeout,
+            force=force,
+            no_remember=no_remember,
         ),
     )
 
@@ -217,6 +242,8 @@ def reboot_cmd(
     shutdown_timeout: Annotated[int | None, typer.Option("--shutdown-timeout")] = None,
     ignore_secondaries: Annotated[bool, typer.Option("--ignore-secondaries")] = False,
     submit: Annotated[bool, SUBMIT] = False,
+    dry_run: Annotated[bool, DRY_RUN] = False,
+    reason: Annotated[str | None, REASON] = None,
 ) -> None:
     """Reboot instances: soft (guest), hard (reset) or full (stop + start)."""
     _run(
@@ -224,7 +251,7 @@ def reboot_cmd(
         lambda cli: actions.instance_reboot(
             cli,
             names,
-            submit=submit,
+            job=JobOptions(submit=submit, dry_run=dry_run, reason=reason),
             reboot_type=reboot_type,
             shutdown_timeout=shutdown_timeout,
             ignore_secondaries=ignore_secondaries,
@@ -246,6 +273,8 @@ def modify_cmd(
     os_type: Annotated[str | None, typer.Option("--os-type")] = None,
     force: Annotated[bool, typer.Option("--force")] = False,
     submit: Annotated[bool, SUBMIT] = False,
+    dry_run: Annotated[bool, DRY_RUN] = False,
+    reason: Annotated[str | None, REASON] = None,
 ) -> None:
     """Change an instance's parameters."""
     _run(
@@ -253,7 +282,7 @@ def modify_cmd(
         lambda cli: actions.instance_modify(
             cli,
             name,
-            submit=submit,
+            job=JobOptions(submit=submit, dry_run=dry_run, reason=reason),
             beparams=beparams or [],
             hvparams=hvparams or [],
             osparams=osparams or [],
@@ -273,6 +302,8 @@ def grow_disk_cmd(
     absolute: Annotated[bool, typer.Option("--absolute")] = False,
     no_wait_for_sync: Annotated[bool, typer.Option("--no-wait-for-sync")] = False,
     submit: Annotated[bool, SUBMIT] = False,
+    dry_run: Annotated[bool, DRY_RUN] = False,
+    reason: Annotated[str | None, REASON] = None,
 ) -> None:
     """Grow a disk of an instance."""
     _run(
@@ -282,7 +313,7 @@ def grow_disk_cmd(
             name,
             disk,
             amount,
-            submit=submit,
+            job=JobOptions(submit=submit, dry_run=dry_run, reason=reason),
             absolute=absolute,
             no_wait_for_sync=no_wait_for_sync,
         ),
@@ -295,9 +326,16 @@ def rename_cmd(
     name: Annotated[str, typer.Argument()],
     new_name: Annotated[str, typer.Argument()],
     submit: Annotated[bool, SUBMIT] = False,
+    dry_run: Annotated[bool, DRY_RUN] = False,
+    reason: Annotated[str | None, REASON] = None,
 ) -> None:
     """Rename an instance."""
-    _run(ctx, lambda cli: actions.instance_rename(cli, name, new_name, submit=submit))
+    _run(
+        ctx,
+        lambda cli: actions.instance_rename(
+            cli, name, new_name, job=JobOptions(submit=submit, dry_run=dry_run, reason=reason)
+        ),
+    )
 
 
 @app.command("reinstall")
@@ -311,6 +349,8 @@ def reinstall_cmd(
     ] = False,
     start: Annotated[bool, typer.Option("--start", help="Start the instance afterwards.")] = False,
     submit: Annotated[bool, SUBMIT] = False,
+    dry_run: Annotated[bool, DRY_RUN] = False,
+    reason: Annotated[str | None, REASON] = None,
 ) -> None:
     """Reinstall the OS (the instance is stopped first; its data is lost)."""
     _run(
@@ -318,7 +358,7 @@ def reinstall_cmd(
         lambda cli: actions.instance_reinstall(
             cli,
             names or [],
-            submit=submit,
+            job=JobOptions(submit=submit, dry_run=dry_run, reason=reason),
             os_type=os_type,
             osparams=osparams or [],
             force=force,
@@ -337,6 +377,8 @@ def remove_cmd(
     ignore_failures: Annotated[bool, typer.Option("--ignore-failures")] = False,
     shutdown_timeout: Annotated[int | None, typer.Option("--shutdown-timeout")] = None,
     submit: Annotated[bool, SUBMIT] = False,
+    dry_run: Annotated[bool, DRY_RUN] = False,
+    reason: Annotated[str | None, REASON] = None,
 ) -> None:
     """Remove an instance and its disks."""
     _run(
@@ -344,7 +386,7 @@ def remove_cmd(
         lambda cli: actions.instance_remove(
             cli,
             name,
-            submit=submit,
+            job=JobOptions(submit=submit, dry_run=dry_run, reason=reason),
             force=force,
             ignore_failures=ignore_failures,
             shutdown_timeout=shutdown_timeout,
@@ -357,9 +399,13 @@ def add_tags_cmd(
     ctx: typer.Context,
     name: Annotated[str, typer.Argument()],
     tags: Annotated[list[str], typer.Argument()],
+    submit: Annotated[bool, SUBMIT] = False,
+    dry_run: Annotated[bool, DRY_RUN] = False,
+    reason: Annotated[str | None, REASON] = None,
 ) -> None:
     """Add tags to an instance."""
-    _run(ctx, lambda cli: actions.instance_tags(cli, "add", name, tags or []))
+    job = JobOptions(submit=submit, dry_run=dry_run, reason=reason)
+    _run(ctx, lambda cli: actions.instance_tags(cli, "add", name, tags or [], job=job))
 
 
 @app.command("list-tags")
@@ -373,6 +419,10 @@ def remove_tags_cmd(
     ctx: typer.Context,
     name: Annotated[str, typer.Argument()],
     tags: Annotated[list[str], typer.Argument()],
+    submit: Annotated[bool, SUBMIT] = False,
+    dry_run: Annotated[bool, DRY_RUN] = False,
+    reason: Annotated[str | None, REASON] = None,
 ) -> None:
     """Remove tags from an instance."""
-    _run(ctx, lambda cli: actions.instance_tags(cli, "remove", name, tags or []))
+    job = JobOptions(submit=submit, dry_run=dry_run, reason=reason)
+    _run(ctx, lambda cli: actions.instance_tags(cli, "remove", name, tags or [], job=job))

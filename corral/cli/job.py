@@ -1,4 +1,4 @@
-"""``corral job list|info|watch|cancel``."""
+"""``corral job list|list-fields|info|watch|cancel``."""
 
 from __future__ import annotations
 
@@ -28,10 +28,30 @@ def list_cmd(
     ] = None,
     no_headers: Annotated[bool, typer.Option("--no-headers")] = False,
     separator: Annotated[str | None, typer.Option("--separator")] = None,
+    status: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--status", help="Only jobs with this status (repeatable): queued, running, error, ..."
+        ),
+    ] = None,
+    force_filter: Annotated[
+        bool,
+        typer.Option(
+            "-F", "--filter", help="The argument is a query filter, e.g. 'status == \"running\"'."
+        ),
+    ] = False,
 ) -> None:
     """List jobs (default: id, status, summary)."""
-    opts = ListOptions(fields, no_headers, separator)
-    _run(ctx, lambda cli: actions.job_list(cli, ids or [], opts))
+    opts = ListOptions(fields, no_headers, separator, force_filter=force_filter)
+    _run(ctx, lambda cli: actions.job_list(cli, ids or [], opts, statuses=status or []))
+
+
+@app.command("list-fields")
+def list_fields_cmd(
+    ctx: typer.Context, names: Annotated[list[str] | None, typer.Argument()] = None
+) -> None:
+    """List the fields 'job list -o' accepts."""
+    _run(ctx, lambda cli: actions.list_fields(cli, "job", names or []))
 
 
 @app.command("info")

@@ -30,9 +30,15 @@ def list_cmd(
     separator: Annotated[str | None, typer.Option("--separator")] = None,
     units: Annotated[str | None, typer.Option("--units", help="h, m, g or t")] = None,
     verbose: Annotated[bool, typer.Option("-v", "--verbose")] = False,
+    force_filter: Annotated[
+        bool,
+        typer.Option(
+            "-F", "--filter", help="The argument is a query filter, e.g. 'status == \"running\"'."
+        ),
+    ] = False,
 ) -> None:
     """List nodes (default: name, dtotal, dfree, mtotal, mnode, mfree, pinst_cnt, sinst_cnt)."""
-    opts = ListOptions(fields, no_headers, separator, units, verbose)
+    opts = ListOptions(fields, no_headers, separator, units, verbose, force_filter)
     _run(ctx, lambda cli: actions.node_list(cli, names or [], opts))
 
 

@@ -21,6 +21,7 @@ from typing import Any, TextIO
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 # Ganeti query result status codes.
 RS_NORMAL = 0
@@ -148,12 +149,16 @@ def plain_table(
 
 
 def rich_table(headers: Sequence[str], rows: Sequence[Sequence[str]], *, title: str = "") -> Table:
-    """A rich table of text cells."""
+    """A rich table of text cells, shown verbatim.
+
+    Cells are :class:`~rich.text.Text`, so rich interprets neither markup (``[bold]``) nor
+    emoji codes (the ``:cd:`` of a MAC) in them, whatever the console's settings.
+    """
     table = Table(title=title or None, show_lines=False, header_style="bold")
     for header in headers:
-        table.add_column(header)
+        table.add_column(Text(header))
     for row in rows:
-        table.add_row(*row)
+        table.add_row(*(Text(cell) for cell in row))
     return table
 
 
@@ -167,13 +172,13 @@ def print_mapping(console: Console, data: dict[str, Any], indent: int = 0) -> No
     pad = "  " * indent
     for key, value in data.items():
         if isinstance(value, dict) and value:
-            console.print(f"{pad}{key}:", markup=False, highlight=False)
+            console.print(f"{pad}{key}:", markup=False, highlight=False, emoji=False)
             print_mapping(console, value, indent + 1)
         elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
-            console.print(f"{pad}{key}:", markup=False, highlight=False)
+            console.print(f"{pad}{key}:", markup=False, highlight=False, emoji=False)
             for i, item in enumerate(value):
-                console.print(f"{pad}  - {i}:", markup=False, highlight=False)
+                console.print(f"{pad}  - {i}:", markup=False, highlight=False, emoji=False)
                 print_mapping(console, item, indent + 2)
         else:
             text = format_value(value, "other") if not isinstance(value, str) else value
-            console.print(f"{pad}{key}: {text}", markup=False, highlight=False)
+            console.print(f"{pad}{key}: {text}", markup=False, highlight=False, emoji=False)

@@ -47,6 +47,20 @@ _STATUS_KIND = {
 DEFAULT_TIMEOUT = 60.0
 
 
+def job_params(dry_run: bool = False, reason: str | None = None) -> list[tuple[str, Any]]:
+    """The query parameters every job-submitting RAPI resource takes.
+
+    ``dry-run=1`` makes the master run only the opcode's checks (the job then succeeds or
+    fails without changing anything); ``reason`` goes into the opcodes' reason trail.
+    """
+    params: list[tuple[str, Any]] = []
+    if dry_run:
+        params.append(("dry-run", True))
+    if reason:
+        params.append(("reason", reason))
+    return params
+
+
 def job_error(job: Mapping[str, Any]) -> CorralError | None:
     """The error of a finished job (from ``/2/jobs/[id]``), or None if it succeeded."""
     status = job.get("status")
@@ -60,6 +74,17 @@ def job_error(job: Mapping[str, Any]) -> CorralError | None:
         if op_status == "error":
             return error_from_result(result)
     return CorralError(f"job {job.get('id')} ended with status {status}")
+
+
+def _missing(path: str) -> bool:
+    """Whether ``path`` does not exist (False when we may not look: not ours to judge)."""
+    try:
+        os.stat(path)
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+    return False
 
 
 class CorralClient:
@@ -94,6 +119,8 @@ class CorralClient:
         if transport is None and url is None:
             transport = httpx.HTTPTransport(uds=socket_path)
         self.where = url or f"the master at {socket_path}"
+        #: Set by :meth:`for_paths`: lets a connection failure say "no cluster here".
+        self.paths: Paths | None = None
         self._http = httpx.Client(
             base_url=url or "http://localhost",
             transport=transport,
@@ -106,7 +133,9 @@ class CorralClient:
     @classmethod
     def for_paths(cls, paths: Paths, **kw: Any) -> CorralClient:
         """A client of the local master (its UNIX socket under ``paths``)."""
-        return cls(socket_path=paths.master_socket, **kw)
+        client = cls(socket_path=paths.master_socket, **kw)
+        client.paths = paths
+        return client
 
     def close(self) -> None:
         """Close the connection pool."""
@@ -164,6 +193,13 @@ class CorralClient:
 
     def _connect_error(self, exc: Exception) -> CorralError:
         text = str(exc)
+        if self.url is None and self.paths is not None and _missing(self.paths.cluster_conf):
+            return CorralError(
+                f"no cluster is initialised under {self.paths.root} (run 'corral cluster "
+                "init' first, or point --root / $CORRAL_ROOT at the cluster's root)",
+                kind=ErrorKind.WRONG_STATE,
+                cause=text,
+            )
         if self.url is None:
             if "Permission denied" in text or isinstance(exc, PermissionError):
                 msg = (
@@ -264,52 +300,112 @@ class CorralClient:
         result: dict[str, Any] = self.request("GET", f"/2/instances/{name}")
         return result
 
-    def create_instance(self, spec: Mapping[str, Any], *, dry_run: bool = False) -> int:
+    # Every method that submits a job takes ``dry_run`` (the master only runs the checks)
+    # and ``reason`` (added to the opcodes' reason trail); see :func:`job_params`.
+
+    def create_instance(
+        self, spec: Mapping[str, Any], *, dry_run: bool = False, reason: str | None = None
+    ) -> int:
         """Submit an instance creation (``spec`` in RAPI v1 form: name, os, disks, ...)."""
         body = {"__version__": 1, **spec}
-        return int(self.request("POST", "/2/instances", params=[("dry-run", dry_run)], body=body))
-
-    def remove_instance(self, name: str, **body: Any) -> int:
-        """Submit an instance removal (body: ``shutdown_timeout``, ``ignore_failures``)."""
-        return int(self.request("DELETE", f"/2/instances/{name}", body=body or None))
-
-    def startup_instance(
-        self, name: str, *, force: bool = False, no_remember: bool = False, **body: Any
-    ) -> int:
-        """Submit an instance start."""
-        params = [("force", force), ("no_remember", no_remember)]
         return int(
-            self.request("PUT", f"/2/instances/{name}/startup", params=params, body=body or None)
+            self.request("POST", "/2/instances", params=job_params(dry_run, reason), body=body)
         )
 
-    def shutdown_instance(self, name: str, *, no_remember: bool = False, **body: Any) -> int:
-        """Submit an instance stop (body: ``timeout``, ``force``)."""
+    def remove_instance(
+        self, name: str, *, dry_run: bool = False, reason: str | None = None, **body: Any
+    ) -> int:
+        """Submit an instance removal (body: ``shutdown_timeout``, ``ignore_failures``)."""
         return int(
             self.request(
-                "PUT",
-                f"/2/instances/{name}/shutdown",
-                params=[("no_remember", no_remember)],
+                "DELETE",
+                f"/2/instances/{name}",
+                params=job_params(dry_run, reason),
                 body=body or None,
             )
         )
 
+    def startup_instance(
+        self,
+        name: str,
+        *,
+        force: bool = False,
+        no_remember: bool = False,
+        dry_run: bool = False,
+        reason: str | None = None,
+        **body: Any,
+    ) -> int:
+        """Submit an instance start."""
+        params = [("force", force), ("no_remember", no_remember), *job_params(dry_run, reason)]
+        return int(
+            self.request("PUT", f"/2/instances/{name}/startup", params=params, body=body or None)
+        )
+
+    def shutdown_instance(
+        self,
+        name: str,
+        *,
+        no_remember: bool = False,
+        dry_run: bool = False,
+        reason: str | None = None,
+        **body: Any,
+    ) -> int:
+        """Submit an instance stop (body: ``timeout``, ``force``)."""
+        params = [("no_remember", no_remember), *job_params(dry_run, reason)]
+        return int(
+            self.request("PUT", f"/2/instances/{name}/shutdown", params=params, body=body or None)
+        )
+
     def reboot_instance(
-        self, name: str, *, reboot_type: str = "hard", ignore_secondaries: bool = False, **body: Any
+        self,
+        name: str,
+        *,
+        reboot_type: str = "hard",
+        ignore_secondaries: bool = False,
+        dry_run: bool = False,
+        reason: str | None = None,
+        **body: Any,
     ) -> int:
         """Submit a reboot (``soft``, ``hard`` or ``full``)."""
-        params = [("type", reboot_type), ("ignore_secondaries", ignore_secondaries)]
+        params = [
+            ("type", reboot_type),
+            ("ignore_secondaries", ignore_secondaries),
+            *job_params(dry_run, reason),
+        ]
         return int(
             self.request("POST", f"/2/instances/{name}/reboot", params=params, body=body or None)
         )
 
-    def modify_instance(self, name: str, **body: Any) -> int:
+    def modify_instance(
+        self, name: str, *, dry_run: bool = False, reason: str | None = None, **body: Any
+    ) -> int:
         """Submit a parameter change (``beparams``, ``hvparams``, ``osparams``, ``runtime_mem``)."""
-        return int(self.request("PUT", f"/2/instances/{name}/modify", body=body))
+        return int(
+            self.request(
+                "PUT",
+                f"/2/instances/{name}/modify",
+                params=job_params(dry_run, reason),
+                body=body,
+            )
+        )
 
-    def rename_instance(self, name: str, new_name: str, **body: Any) -> int:
+    def rename_instance(
+        self,
+        name: str,
+        new_name: str,
+        *,
+        dry_run: bool = False,
+        reason: str | None = None,
+        **body: Any,
+    ) -> int:
         """Submit a rename."""
         return int(
-            self.request("PUT", f"/2/instances/{name}/rename", body={"new_name": new_name, **body})
+            self.request(
+                "PUT",
+                f"/2/instances/{name}/rename",
+                params=job_params(dry_run, reason),
+                body={"new_name": new_name, **body},
+            )
         )
 
     def reinstall_instance(
@@ -319,6 +415,8 @@ class CorralClient:
         os: str | None = None,
         osparams: Mapping[str, Any] | None = None,
         start: bool = False,
+        dry_run: bool = False,
+        reason: str | None = None,
     ) -> int:
         """Submit a reinstall (shutdown, reinstall, and start if ``start``)."""
         body: dict[str, Any] = {"start": start}
@@ -326,7 +424,14 @@ class CorralClient:
             body["os"] = os
         if osparams is not None:
             body["osparams"] = dict(osparams)
-        return int(self.request("POST", f"/2/instances/{name}/reinstall", body=body))
+        return int(
+            self.request(
+                "POST",
+                f"/2/instances/{name}/reinstall",
+                params=job_params(dry_run, reason),
+                body=body,
+            )
+        )
 
     def grow_disk(
         self,
@@ -336,10 +441,19 @@ class CorralClient:
         *,
         absolute: bool = False,
         wait_for_sync: bool = True,
+        dry_run: bool = False,
+        reason: str | None = None,
     ) -> int:
         """Submit a disk grow (``amount`` MiB; the final size if ``absolute``)."""
         body = {"amount": amount, "absolute": absolute, "wait_for_sync": wait_for_sync}
-        return int(self.request("POST", f"/2/instances/{name}/disk/{disk}/grow", body=body))
+        return int(
+            self.request(
+                "POST",
+                f"/2/instances/{name}/disk/{disk}/grow",
+                params=job_params(dry_run, reason),
+                body=body,
+            )
+        )
 
     def console(self, name: str) -> dict[str, Any]:
         """The console dict of a running instance."""
@@ -350,17 +464,29 @@ class CorralClient:
         """An instance's tags."""
         return list(self.request("GET", f"/2/instances/{name}/tags"))
 
-    def add_instance_tags(self, name: str, tags: Sequence[str]) -> int:
+    def add_instance_tags(
+        self,
+        name: str,
+        tags: Sequence[str],
+        *,
+        dry_run: bool = False,
+        reason: str | None = None,
+    ) -> int:
         """Submit adding tags."""
-        return int(
-            self.request("PUT", f"/2/instances/{name}/tags", params=[("tag", t) for t in tags])
-        )
+        params = [*(("tag", t) for t in tags), *job_params(dry_run, reason)]
+        return int(self.request("PUT", f"/2/instances/{name}/tags", params=params))
 
-    def remove_instance_tags(self, name: str, tags: Sequence[str]) -> int:
+    def remove_instance_tags(
+        self,
+        name: str,
+        tags: Sequence[str],
+        *,
+        dry_run: bool = False,
+        reason: str | None = None,
+    ) -> int:
         """Submit removing tags."""
-        return int(
-            self.request("DELETE", f"/2/instances/{name}/tags", params=[("tag", t) for t in tags])
-        )
+        params = [*(("tag", t) for t in tags), *job_params(dry_run, reason)]
+        return int(self.request("DELETE", f"/2/instances/{name}/tags", params=params))
 
     def instance_info_job(self, name: str, *, static: bool = False) -> int:
         """Submit a detailed-info job; its result is ``{name: info}``."""

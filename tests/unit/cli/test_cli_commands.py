@@ -9,37 +9,9 @@ from __future__ import annotations
 import json
 
 import pytest
-from typer.testing import CliRunner
 
 from corral.cli import actions, gnt
-from corral.cli.main import app
 from corral.common.errors import ErrorKind, OpError
-
-
-@pytest.fixture
-def run(make_cli):
-    runner = CliRunner()
-
-    def invoke(*args, output="table"):
-        cli = make_cli()
-        result = runner.invoke(app, ["--output", output, *args], obj=cli)
-        return result
-
-    return invoke
-
-
-@pytest.fixture
-def gnt_run(client_factory, monkeypatch, capsys, tmp_path):
-    monkeypatch.setattr(gnt, "client_factory", client_factory)
-    monkeypatch.setenv("CORRAL_ROOT", str(tmp_path))
-    monkeypatch.delenv("CORRAL_API_URL", raising=False)
-
-    def invoke(entry, *args):
-        code = entry(list(args))
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    return invoke
 
 
 def test_instance_add_runs_job_and_reports(run, master):

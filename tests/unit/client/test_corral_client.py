@@ -8,6 +8,7 @@ and connection failures come back as CorralError with their kind.
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 import time
@@ -18,6 +19,7 @@ import uvicorn
 from corral.api.app import create_app
 from corral.client import CorralClient, job_error
 from corral.common.errors import CorralError, ErrorKind
+from corral.common.paths import Paths
 from tests.fakes.master_service import FakeMaster
 
 
@@ -139,3 +141,51 @@ def test_job_error_forms():
     assert err is not None and err.kind is ErrorKind.WRONG_STATE
     err = job_error({"id": 4, "status": "canceled"})
     assert err is not None and "canceled" in str(err)
+
+
+def test_every_job_method_sends_dry_run_and_reason(served):
+    """The RAPI turns ``?dry-run=1`` and ``?reason=`` into the opcodes' fields."""
+    master, sock, _port = served
+    master.add_instance("vm1")
+    spec = {"name": "vm2", "disk_template": "diskless", "disks": [], "nics": [], "os": "noop"}
+    calls = {
+        "create_instance": lambda c, **kw: c.create_instance(spec, **kw),
+        "remove_instance": lambda c, **kw: c.remove_instance("vm1", **kw),
+        "startup_instance": lambda c, **kw: c.startup_instance("vm1", **kw),
+        "shutdown_instance": lambda c, **kw: c.shutdown_instance("vm1", timeout=5, **kw),
+        "reboot_instance": lambda c, **kw: c.reboot_instance("vm1", **kw),
+        "modify_instance": lambda c, **kw: c.modify_instance("vm1", beparams={"vcpus": 2}, **kw),
+        "rename_instance": lambda c, **kw: c.rename_instance("vm1", "vm3", **kw),
+        "reinstall_instance": lambda c, **kw: c.reinstall_instance("vm1", os="noop", **kw),
+        "grow_disk": lambda c, **kw: c.grow_disk("vm1", 0, 512, **kw),
+        "add_instance_tags": lambda c, **kw: c.add_instance_tags("vm1", ["a"], **kw),
+        "remove_instance_tags": lambda c, **kw: c.remove_instance_tags("vm1", ["a"], **kw),
+    }
+    master.auto_run = False  # nothing is applied: only what the master received matters
+    with CorralClient(socket_path=sock) as client:
+        for name, call in calls.items():
+            call(client, dry_run=True, reason="ticket 7")
+            ops = master.submitted[-1]
+            assert all(op.dry_run for op in ops), name
+            assert all(op.reason[0][:2] == ["gnt:user", "ticket 7"] for op in ops), name
+            call(client)
+            ops = master.submitted[-1]
+            assert not any(op.dry_run for op in ops), name
+            assert all(op.reason[0][0] != "gnt:user" for op in ops), name
+
+
+def test_no_cluster_under_the_root(tmp_path):
+    paths = Paths(str(tmp_path))
+    with CorralClient.for_paths(paths) as client, pytest.raises(CorralError) as exc:
+        client.version()
+    assert exc.value.kind is ErrorKind.WRONG_STATE
+    assert str(exc.value).startswith(
+        f"no cluster is initialised under {tmp_path} (run 'corral cluster init' first"
+    )
+    os.makedirs(os.path.dirname(paths.cluster_conf))
+    with open(paths.cluster_conf, "w") as fh:
+        fh.write("{}")
+    with CorralClient.for_paths(paths) as client, pytest.raises(CorralError) as exc:
+        client.version()
+    assert exc.value.kind is ErrorKind.ENVIRONMENT
+    assert "is corral-master running?" in str(exc.value)
