@@ -100,6 +100,10 @@ def confirm(cli: Cli, question: str, *, force: bool) -> None:
         raise ExitCode(EXIT_CONFIRMATION)
 
 
+#: Listings longer than this are printed as plain aligned text instead of a rich table.
+RICH_TABLE_MAX_ROWS = 500
+
+
 def show_query(
     cli: Cli,
     resource: str,
@@ -150,7 +154,9 @@ def show_query(
             headers, rows, no_headers=opts.no_headers, separator=opts.separator, numeric=numeric
         )
         cli.out.file.write(text)
-    elif opts.separator is not None or opts.no_headers:
+    elif opts.separator is not None or opts.no_headers or len(rows) > RICH_TABLE_MAX_ROWS:
+        # NOTE: rich lays out every cell of a table before printing (seconds for 10,000
+        # rows); big listings get the plain aligned table instead.
         cli.out.file.write(
             plain_table(headers, rows, no_headers=opts.no_headers, separator=opts.separator)
         )

@@ -180,3 +180,17 @@ def test_job_list_fields_exists_where_the_hint_points(run, gnt_run, master):
     code, out, _ = gnt_run(gnt.gnt_job, "list-fields", "status")
     assert code == 0 and out.splitlines()[1].split()[0] == "status"
     assert len(out.splitlines()) == 2
+
+
+def test_long_listings_are_plain_text(run, master, monkeypatch):
+    from corral.cli import actions
+
+    monkeypatch.setattr(actions, "RICH_TABLE_MAX_ROWS", 3)
+    for i in range(3):
+        master.add_instance(f"vm{i}")
+    small = run("instance", "list", "-o", "name").output
+    assert "┃" in small  # a rich table
+    master.add_instance("vm3")
+    big = run("instance", "list", "-o", "name").output
+    assert "┃" not in big and "│" not in big
+    assert big.split() == ["Instance", "vm0", "vm1", "vm2", "vm3"]
