@@ -35,7 +35,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from corral.common.errors import CorralError, ErrorKind, _jsonable
+from corral.common.errors import HTTP_STATUS_KIND, CorralError, ErrorKind, _jsonable
 
 log = logging.getLogger(__name__)
 
@@ -53,18 +53,7 @@ KIND_STATUS: dict[ErrorKind, int] = {
 }
 
 #: Error kind assumed for a bare HTTP status (API-level problems without a CorralError).
-STATUS_KIND: dict[int, ErrorKind] = {
-    400: ErrorKind.INVALID,
-    401: ErrorKind.INVALID,
-    403: ErrorKind.INVALID,
-    404: ErrorKind.NOT_FOUND,
-    405: ErrorKind.INVALID,
-    409: ErrorKind.WRONG_STATE,
-    415: ErrorKind.INVALID,
-    502: ErrorKind.ENVIRONMENT,
-    503: ErrorKind.TEMP_NO_RESOURCES,
-    504: ErrorKind.TEMP_NO_RESOURCES,
-}
+STATUS_KIND = HTTP_STATUS_KIND
 
 
 class HttpError(Exception):

@@ -23,25 +23,19 @@ from typing import Any, Self
 
 import httpx
 
-from corral.common.errors import CorralError, ErrorKind, error_from_result, error_from_wire
+from corral.common.errors import (
+    HTTP_STATUS_KIND,
+    CorralError,
+    ErrorKind,
+    error_from_result,
+    error_from_wire,
+)
 from corral.common.paths import Paths
+from corral.objects.job import JobStatus
 
 #: Job statuses after which a job never changes.
-FINAL_STATUSES = frozenset({"success", "error", "canceled"})
+FINAL_STATUSES = frozenset(s.value for s in JobStatus if s.finalized)
 
-#: Error kind for a bare HTTP status (an answer without Corral's ``kind``).
-_STATUS_KIND = {
-    400: ErrorKind.INVALID,
-    401: ErrorKind.INVALID,
-    403: ErrorKind.INVALID,
-    404: ErrorKind.NOT_FOUND,
-    405: ErrorKind.INVALID,
-    409: ErrorKind.WRONG_STATE,
-    415: ErrorKind.INVALID,
-    502: ErrorKind.ENVIRONMENT,
-    503: ErrorKind.TEMP_NO_RESOURCES,
-    504: ErrorKind.TEMP_NO_RESOURCES,
-}
 
 #: Seconds to wait for an answer; the server holds ``/2/jobs/[id]/wait`` for up to 10 s.
 DEFAULT_TIMEOUT = 60.0
@@ -227,7 +221,7 @@ class CorralClient:
         if resp.status_code == 200:
             return data
         if isinstance(data, dict) and ("explain" in data or "message" in data):
-            kind = data.get("kind") or _STATUS_KIND.get(resp.status_code, ErrorKind.FAULT).value
+            kind = data.get("kind") or HTTP_STATUS_KIND.get(resp.status_code, ErrorKind.FAULT).value
             message = str(data.get("explain") or data.get("message") or resp.reason_phrase)
             if resp.status_code == 401:
                 message = f"authentication failed at {self.where}: wrong user or password"
@@ -244,7 +238,7 @@ class CorralClient:
                 }
             )
         else:
-            kind = _STATUS_KIND.get(resp.status_code, ErrorKind.FAULT)
+            kind = HTTP_STATUS_KIND.get(resp.status_code, ErrorKind.FAULT)
             err = CorralError(
                 f"{resp.status_code} {resp.reason_phrase}: {resp.text[:500]}", kind=kind
             )

@@ -216,6 +216,22 @@ class OpError(CorralError):
     default_kind = ErrorKind.INVALID
 
 
+#: Error kind of a bare HTTP status (an answer without Corral's ``kind``), shared by the API
+#: (errors it raises itself) and the client (answers from servers that send no kind).
+HTTP_STATUS_KIND: dict[int, ErrorKind] = {
+    400: ErrorKind.INVALID,
+    401: ErrorKind.INVALID,
+    403: ErrorKind.INVALID,
+    404: ErrorKind.NOT_FOUND,
+    405: ErrorKind.INVALID,
+    409: ErrorKind.WRONG_STATE,
+    415: ErrorKind.INVALID,
+    502: ErrorKind.ENVIRONMENT,
+    503: ErrorKind.TEMP_NO_RESOURCES,
+    504: ErrorKind.TEMP_NO_RESOURCES,
+}
+
+
 _REGISTRY: dict[str, type[CorralError]] = {
     cls.__name__: cls
     for cls in (

@@ -495,9 +495,7 @@ class InstanceRemove(InstanceOperation[OpInstanceRemove]):
         removal goes on; otherwise it stops there (the instance stays in the store).
         """
         inst, node, runner = self.instance, self.pnode, self.ctx.runner
-        self.feedback(
-            f"shutting down instance {inst.name} (timeout {self.op.shutdown_timeout:g}s)"
-        )
+        self.feedback(f"shutting down instance {inst.name} (timeout {self.op.shutdown_timeout:g}s)")
         try:
             await runner.call(
                 node,
