@@ -27,8 +27,11 @@ $(VENV)/.installed: pyproject.toml
 venv: $(VENV)/.installed
 
 # The guest kernel + initrd used by integration tests (fetched once with apt-get download).
+# (apt-get update first if the package index does not know the kernel package yet.)
 kernel:
-	corral/osdefs/busybox/prepare-kernel --cache $(KERNEL_CACHE) --out $(KERNEL_CACHE)/out >/dev/null
+	corral/osdefs/busybox/prepare-kernel --cache $(KERNEL_CACHE) --out $(KERNEL_CACHE)/out >/dev/null \
+	  || { apt-get update -q >/dev/null && \
+	       corral/osdefs/busybox/prepare-kernel --cache $(KERNEL_CACHE) --out $(KERNEL_CACHE)/out >/dev/null; }
 
 test: deps venv kernel
 	CORRAL_TEST_KERNEL_DIR=$(KERNEL_CACHE)/out $(PY) -m pytest -q $(PYTEST_ARGS) tests
