@@ -22,6 +22,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import random
+import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Generic, TypeVar
 
@@ -137,6 +140,7 @@ class ClusterConfig:
 
     def __init__(self, store: Store) -> None:
         self.store = store
+        self._write_lock = threading.RLock()
 
     # --- generic --------------------------------------------------------------------------
 
@@ -204,20 +208,25 @@ class ClusterConfig:
             RevisionConflict: still conflicting after ``retries`` attempts.
             StoreError: the store failed.
         """
-        for _ in range(retries):
-            current = self.read(key, model)
-            if current is None:
-                raise missing()
-            obj = current.value
-            change(obj)
-            if isinstance(obj, ConfigObject):
-                obj.touch()
-            try:
-                self.commit([PutObject(key, obj, current.revision)])
-            except RevisionConflict:
-                log.debug("retrying update of %s after a concurrent write", key)
-                continue
-            return obj
+        for attempt in range(retries):
+            # NOTE: writers in this process take turns (no conflicts among them); writers in
+            # other processes are detected by the revision compare and retried after a
+            # growing, jittered pause so that no writer starves.
+            with self._write_lock:
+                current = self.read(key, model)
+                if current is None:
+                    raise missing()
+                obj = current.value
+                change(obj)
+                if isinstance(obj, ConfigObject):
+                    obj.touch()
+                try:
+                    self.commit([PutObject(key, obj, current.revision)])
+                except RevisionConflict:
+                    log.debug("retrying update of %s after a concurrent write", key)
+                else:
+                    return obj
+            time.sleep(random.uniform(0, 0.002 * (attempt + 1)))
         raise RevisionConflict(f"{key} kept changing; gave up after {retries} attempts", key=key)
 
     # --- cluster --------------------------------------------------------------------------

@@ -9,6 +9,7 @@ import pytest
 from corral.common.errors import ErrorKind, OpError, RevisionConflict, StoreError
 from corral.master.config import (
     INSTANCES_PREFIX,
+    ClusterConfig,
     PutObject,
     Versioned,
     instance_key,
@@ -64,14 +65,19 @@ def test_stale_revision_write_is_refused(config):
 
 
 def test_concurrent_modify_loses_no_update(config):
-    """Two threads appending tags through read-modify-write: every tag survives."""
+    """Two writers (separate config objects, as two processes would be) appending tags
+    through read-modify-write, plus two threads sharing one: every tag survives."""
     config.add_instance(_inst())
+    other = ClusterConfig(config.store)
 
-    def worker(prefix: str) -> None:
-        for i in range(40):
-            config.modify_instance("vm1", lambda inst, t=f"{prefix}{i}": inst.tags.append(t))
+    def worker(cfg: ClusterConfig, prefix: str) -> None:
+        for i in range(20):
+            cfg.modify_instance("vm1", lambda inst, t=f"{prefix}{i}": inst.tags.append(t))
 
-    threads = [threading.Thread(target=worker, args=(p,)) for p in ("a", "b")]
+    threads = [
+        threading.Thread(target=worker, args=(cfg, p))
+        for cfg, p in ((config, "a"), (config, "b"), (other, "c"), (other, "d"))
+    ]
     for t in threads:
         t.start()
     for t in threads:
