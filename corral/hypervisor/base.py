@@ -139,6 +139,18 @@ class ConsoleInfo(SpecModel):
     socket: str = ""
 
 
+class MigrationStatus(SpecModel):
+    """Progress of an outgoing migration (or of a save to a file)."""
+
+    status: str  # none | setup | active | completed | failed | cancelled
+    transferred: int = 0  # bytes
+    remaining: int = 0  # bytes
+    total: int = 0  # bytes
+    downtime_ms: int | None = None
+    total_time_ms: int | None = None
+    error: str = ""
+
+
 class Hypervisor(abc.ABC):
     """One hypervisor driver; see the module docstring for the contracts."""
 
@@ -241,6 +253,170 @@ class Hypervisor(abc.ABC):
     def verify(self) -> list[str]:
         """Check the node can run this hypervisor; return problems found (empty = fine)."""
 
+    # --- optional features: drivers without the capability refuse with kind INVALID --------
+
+    def _unsupported(self, what: str) -> HypervisorError:
+        return HypervisorError(
+            f"{what} is not supported by the {self.NAME} hypervisor", kind=ErrorKind.INVALID
+        )
+
+    def hotplug_add_disk(self, name: str, disk: AttachedDisk) -> None:
+        """Attach a disk to a running instance (``CAPABILITIES.hotplug_disk``).
+
+        Raises:
+            HypervisorError: not supported or not running; a failed add leaves nothing behind.
+        """
+        raise self._unsupported("disk hotplug")
+
+    def hotplug_remove_disk(self, name: str, index: int, uuid: str) -> None:
+        """Detach a disk from a running instance, waiting until the guest released it.
+
+        Raises:
+            HypervisorError: not supported, not running, no such disk, or the guest did not
+                release it in time.
+        """
+        raise self._unsupported("disk hotplug")
+
+    def hotplug_add_nic(self, name: str, nic: NicSpec) -> None:
+        """Attach a NIC to a running instance (``CAPABILITIES.hotplug_nic``).
+
+        Raises:
+            HypervisorError: not supported or not running; a failed add leaves nothing behind.
+        """
+        raise self._unsupported("NIC hotplug")
+
+    def hotplug_remove_nic(self, name: str, index: int, uuid: str) -> None:
+        """Detach a NIC from a running instance.
+
+        Raises:
+            HypervisorError: not supported, not running, or no such NIC.
+        """
+        raise self._unsupported("NIC hotplug")
+
+    def set_nic_link(self, name: str, index: int, uuid: str, up: bool) -> None:
+        """Set a running instance's NIC link up or down.
+
+        Raises:
+            HypervisorError: not supported, not running, or no such NIC.
+        """
+        raise self._unsupported("NIC link changes")
+
+    def pin_cpus(self, name: str, cpu_mask: str) -> None:
+        """Pin a running instance's process and vCPU threads (Ganeti mask syntax).
+
+        Raises:
+            HypervisorError: not supported, not running, or a mask the node cannot honour.
+        """
+        raise self._unsupported("CPU pinning")
+
+    def pause(self, name: str) -> None:
+        """Stop a running instance's vCPUs (``CAPABILITIES.pause``).
+
+        Raises:
+            HypervisorError: not supported or not running.
+        """
+        raise self._unsupported("pause")
+
+    def resume(self, name: str) -> None:
+        """Let a paused instance's vCPUs run again.
+
+        Raises:
+            HypervisorError: not supported or not running.
+        """
+        raise self._unsupported("resume")
+
+    def suspend(self, name: str, state_file: str) -> None:
+        """Save a running instance's state into ``state_file`` and stop it.
+
+        Raises:
+            HypervisorError: not supported, not running, or the save failed (the instance
+                then keeps running and no state file is left).
+        """
+        raise self._unsupported("suspend to disk")
+
+    def resume_suspended(
+        self, spec: InstanceSpec, disks: Sequence[AttachedDisk], state_file: str
+    ) -> None:
+        """Start an instance from a state file written by :meth:`suspend`.
+
+        Raises:
+            HypervisorError: not supported, or the restore failed (nothing left running).
+        """
+        raise self._unsupported("resume from disk")
+
+    def migration_info(self, name: str) -> dict[str, Any]:
+        """What the destination needs to accept this running instance (its runtime).
+
+        Raises:
+            HypervisorError: not supported or not running.
+        """
+        raise self._unsupported("migration")
+
+    def accept_migration(
+        self,
+        spec: InstanceSpec,
+        disks: Sequence[AttachedDisk],
+        info: Mapping[str, Any],
+        *,
+        listen_host: str,
+        port: int,
+    ) -> None:
+        """Start the destination side paused, waiting for the incoming state.
+
+        Raises:
+            HypervisorError: not supported, or it could not start (nothing left behind).
+        """
+        raise self._unsupported("migration")
+
+    def migrate(
+        self,
+        name: str,
+        *,
+        target_host: str,
+        port: int,
+        live: bool,
+        bandwidth_mib: int | None = None,
+        downtime_ms: int | None = None,
+    ) -> None:
+        """Start sending a running instance to an accepting destination (returns at once).
+
+        Raises:
+            HypervisorError: not supported, not running, or the migration could not start.
+        """
+        raise self._unsupported("migration")
+
+    def migration_status(self, name: str) -> MigrationStatus:
+        """Progress of the instance's outgoing migration.
+
+        Raises:
+            HypervisorError: not supported or not running.
+        """
+        raise self._unsupported("migration")
+
+    def finalize_migration_source(self, name: str, *, success: bool) -> None:
+        """Source side after a migration: quit the guest (success) or resume it (failure).
+
+        Raises:
+            HypervisorError: not supported, or the final step failed.
+        """
+        raise self._unsupported("migration")
+
+    def finalize_migration_target(self, spec: InstanceSpec, *, success: bool) -> None:
+        """Destination side after a migration: run the guest (success) or kill it (failure).
+
+        Raises:
+            HypervisorError: not supported, or the final step failed.
+        """
+        raise self._unsupported("migration")
+
+    def abort_migration(self, name: str) -> None:
+        """Cancel the instance's outgoing migration; the source keeps running.
+
+        Raises:
+            HypervisorError: not supported or not running.
+        """
+        raise self._unsupported("migration")
+
     def resize_disk(self, name: str, index: int, new_size: int) -> None:
         """Grow disk ``index`` of a running instance to ``new_size`` MiB, image included.
 
@@ -250,9 +426,7 @@ class Hypervisor(abc.ABC):
             HypervisorError: not supported (kind INVALID), not running (WRONG_STATE), no such
                 disk (NOT_FOUND), or the hypervisor refused.
         """
-        raise HypervisorError(
-            f"{self.NAME} cannot resize the disks of a running instance", kind=ErrorKind.INVALID
-        )
+        raise self._unsupported("online disk resize")
 
     def cleanup(self, name: str) -> None:  # noqa: B027 - optional hook
         """Remove leftovers (sockets, runtime files) of an instance that no longer runs."""
