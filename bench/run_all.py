@@ -15,13 +15,15 @@ import traceback
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from bench import instance_start, job_latency, list_scale
+from bench import hotplug, instance_start, job_latency, list_scale, migration
 from bench.harness import install_signal_handlers
 
 BENCHMARKS: dict[str, Callable[[bool], dict[str, Any]]] = {
     job_latency.NAME: job_latency.run,
     instance_start.NAME: instance_start.run,
     list_scale.NAME: list_scale.run,
+    hotplug.NAME: hotplug.run,
+    migration.NAME: migration.run,
 }
 
 

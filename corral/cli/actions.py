@@ -26,6 +26,7 @@ from corral.cli.common import (
     ExitCode,
     stdin_is_tty,
 )
+from corral.cli.devices import parse_device_mods
 from corral.cli.output import (
     format_timestamp,
     plain_table,
@@ -346,6 +347,33 @@ def instance_reboot(
         )
 
 
+#: ``corral instance <action>`` (Corral extensions) -> what the progress line says.
+POWER_ACTIONS = {
+    "pause": "pausing",
+    "resume": "resuming",
+    "suspend": "suspending",
+    "unsuspend": "unsuspending",
+}
+
+
+PAST = {"pause": "paused", "resume": "resumed", "suspend": "suspended", "unsuspend": "unsuspended"}
+
+
+def instance_power(
+    cli: Cli, action: str, names: Sequence[str], *, job: JobOptions = NO_JOB_OPTIONS
+) -> None:
+    """Pause, resume, suspend or unsuspend instances (one job each)."""
+    for name in _need_names(names):
+        job_id = cli.client().power_instance(name, action, **job.api())
+        run_job(
+            cli,
+            job_id,
+            job,
+            what=f"{POWER_ACTIONS[action]} {name}",
+            dry_run_text=f"instance {name} would be {PAST[action]}",
+        )
+
+
 def instance_modify(
     cli: Cli,
     name: str,
@@ -357,9 +385,25 @@ def instance_modify(
     runtime_memory: str | None = None,
     os_type: str | None = None,
     force: bool = False,
+    disks: Sequence[str] = (),
+    nets: Sequence[str] = (),
+    hotplug: bool | None = None,
+    hotplug_if_possible: bool = False,
 ) -> None:
-    """Change an instance's parameters; ``runtime_memory`` balloons a running guest."""
+    """Change an instance's parameters; ``runtime_memory`` balloons a running guest.
+
+    ``disks``/``nets`` are ``--disk``/``--net`` values (``add:size=1G``, ``1:remove``,
+    ``0:modify,link=br1``; cli/devices.py); ``hotplug`` True/False/None (when possible).
+    """
     body: dict[str, Any] = {}
+    if disks:
+        body["disks"] = parse_device_mods(disks, "disk")
+    if nets:
+        body["nics"] = parse_device_mods(nets, "nic")
+    if (disks or nets) and hotplug is not None:
+        body["hotplug"] = hotplug
+    if (disks or nets) and hotplug_if_possible:
+        body["hotplug_if_possible"] = True
     if beparams:
         body["beparams"] = parse_beparams(beparams)
     if hvparams:
@@ -377,7 +421,9 @@ def instance_modify(
     if os_type:
         body["os_name"] = os_type
     if not body:
-        raise UsageError("nothing to change: give -B, -H, -O, -m/--runtime-memory or --os-type")
+        raise UsageError(
+            "nothing to change: give -B, -H, -O, -m/--runtime-memory, --os-type, --disk or --net"
+        )
     if force:
         body["force"] = True
     job_id = cli.client().modify_instance(name, **job.api(), **body)

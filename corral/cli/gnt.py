@@ -102,9 +102,13 @@ def _run(prog: str, build: Builder, argv: Sequence[str] | None) -> int:
         client_factory=client_factory,
     )
     handler: Handler = args.handler
-    # Ganeti reads a size without a unit as MiB; keep that for its syntax.
-    BARE_SIZES_ARE_MIB.set(True)
-    return run_command(cli, lambda: handler(cli, args))
+    # Ganeti reads a size without a unit as MiB; keep that for its syntax (only while this
+    # command runs: an embedding program or a test may run corral commands afterwards).
+    token = BARE_SIZES_ARE_MIB.set(True)
+    try:
+        return run_command(cli, lambda: handler(cli, args))
+    finally:
+        BARE_SIZES_ARE_MIB.reset(token)
 
 
 def _add(
@@ -273,6 +277,11 @@ def _instance_commands(sub: argparse._SubParsersAction[Any]) -> None:
             runtime_memory=a.runtime_memory,
             os_type=a.os_type,
             force=a.force,
+            disks=a.disks,
+            nets=a.nets,
+            # Ganeti: without --hotplug nothing is hot-plugged (see instance_devices.py)
+            hotplug=a.hotplug,
+            hotplug_if_possible=a.hotplug_if_possible,
         ),
         "change instance parameters",
     )
@@ -280,6 +289,12 @@ def _instance_commands(sub: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("-H", "--hypervisor-parameters", dest="hvparams", action="append", default=[])
     p.add_argument("-O", "--os-parameters", dest="osparams", action="append", default=[])
     p.add_argument("-m", "--runtime-memory")
+    p.add_argument("--disk", dest="disks", action="append", default=[])
+    p.add_argument("--net", dest="nets", action="append", default=[])
+    p.add_argument("--hotplug", action="store_true", help="hotplug disk/NIC changes or fail")
+    p.add_argument(
+        "--hotplug-if-possible", action="store_true", help="hotplug disk/NIC changes if possible"
+    )
     p.add_argument("--os-type", "-o")
     p.add_argument("name")
     _common(p, force=True)

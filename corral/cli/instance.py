@@ -259,6 +259,61 @@ def reboot_cmd(
     )
 
 
+INSTANCES = typer.Argument(help="Instances to act on.")
+
+
+def _power(ctx: typer.Context, action: str, names: list[str], job: JobOptions) -> None:
+    _run(ctx, lambda cli: actions.instance_power(cli, action, names, job=job))
+
+
+@app.command("pause")
+def pause_cmd(
+    ctx: typer.Context,
+    names: Annotated[list[str], INSTANCES],
+    submit: Annotated[bool, SUBMIT] = False,
+    dry_run: Annotated[bool, DRY_RUN] = False,
+    reason: Annotated[str | None, REASON] = None,
+) -> None:
+    """Pause running instances: their vCPUs stop, their memory stays (Corral)."""
+    _power(ctx, "pause", names, JobOptions(submit=submit, dry_run=dry_run, reason=reason))
+
+
+@app.command("resume")
+def resume_cmd(
+    ctx: typer.Context,
+    names: Annotated[list[str], INSTANCES],
+    submit: Annotated[bool, SUBMIT] = False,
+    dry_run: Annotated[bool, DRY_RUN] = False,
+    reason: Annotated[str | None, REASON] = None,
+) -> None:
+    """Resume paused instances (Corral)."""
+    _power(ctx, "resume", names, JobOptions(submit=submit, dry_run=dry_run, reason=reason))
+
+
+@app.command("suspend")
+def suspend_cmd(
+    ctx: typer.Context,
+    names: Annotated[list[str], INSTANCES],
+    submit: Annotated[bool, SUBMIT] = False,
+    dry_run: Annotated[bool, DRY_RUN] = False,
+    reason: Annotated[str | None, REASON] = None,
+) -> None:
+    """Save running instances to disk on their node and stop them (Corral)."""
+    _power(ctx, "suspend", names, JobOptions(submit=submit, dry_run=dry_run, reason=reason))
+
+
+@app.command("unsuspend")
+def unsuspend_cmd(
+    ctx: typer.Context,
+    names: Annotated[list[str], INSTANCES],
+    submit: Annotated[bool, SUBMIT] = False,
+    dry_run: Annotated[bool, DRY_RUN] = False,
+    reason: Annotated[str | None, REASON] = None,
+) -> None:
+    """Restore suspended instances as they were saved (Corral)."""
+    _power(ctx, "unsuspend", names, JobOptions(submit=submit, dry_run=dry_run, reason=reason))
+
+
 @app.command("modify")
 def modify_cmd(
     ctx: typer.Context,
@@ -272,11 +327,29 @@ def modify_cmd(
     ] = None,
     os_type: Annotated[str | None, typer.Option("--os-type")] = None,
     force: Annotated[bool, typer.Option("--force")] = False,
+    disks: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--disk", help="add:size=SIZE[,mode=,name=,format=] | N:remove | N:modify,mode=ro"
+        ),
+    ] = None,
+    nets: Annotated[
+        list[str] | None,
+        typer.Option("--net", help="add[:link=,mode=,mac=,ip=] | N:remove | N:modify,link=BR"),
+    ] = None,
+    hotplug: Annotated[
+        bool | None,
+        typer.Option(
+            "--hotplug/--no-hotplug",
+            help="Disk/NIC changes on a running instance: hotplug them or fail (--hotplug), or "
+            "only at the next start (--no-hotplug). Default: hotplug when possible.",
+        ),
+    ] = None,
     submit: Annotated[bool, SUBMIT] = False,
     dry_run: Annotated[bool, DRY_RUN] = False,
     reason: Annotated[str | None, REASON] = None,
 ) -> None:
-    """Change an instance's parameters."""
+    """Change an instance's parameters, disks and NICs."""
     _run(
         ctx,
         lambda cli: actions.instance_modify(
@@ -289,6 +362,9 @@ def modify_cmd(
             runtime_memory=runtime_memory,
             os_type=os_type,
             force=force,
+            disks=disks or [],
+            nets=nets or [],
+            hotplug=hotplug,
         ),
     )
 

@@ -350,6 +350,20 @@ class CorralClient:
             self.request("PUT", f"/2/instances/{name}/shutdown", params=params, body=body or None)
         )
 
+    def power_instance(
+        self, name: str, action: str, *, dry_run: bool = False, reason: str | None = None
+    ) -> int:
+        """Submit a Corral pause, resume, suspend or unsuspend (``action``).
+
+        Raises:
+            ValueError: an unknown action.
+        """
+        if action not in ("pause", "resume", "suspend", "unsuspend"):
+            raise ValueError(f"unknown instance action {action!r}")
+        return int(
+            self.request("PUT", f"/2/instances/{name}/{action}", params=job_params(dry_run, reason))
+        )
+
     def reboot_instance(
         self,
         name: str,

@@ -137,6 +137,11 @@ class ConsoleInfo(SpecModel):
     command: list[str] = Field(default_factory=list)
     message: str = ""
     socket: str = ""
+    #: VNC display (port - 5900), as in Ganeti's console dict; None for other kinds
+    display: int | None = None
+    #: graphical consoles of the instance, also when ``kind`` is the serial one:
+    #: ``{"vnc": {host, port, display, password, tls}, "spice": {host, port, password, tls}}``
+    details: dict[str, Any] = Field(default_factory=dict)
 
 
 class MigrationStatus(SpecModel):
@@ -293,6 +298,17 @@ class Hypervisor(abc.ABC):
         """
         raise self._unsupported("NIC hotplug")
 
+    def hotplug_modify_nic(self, name: str, nic: NicSpec) -> None:
+        """Move a running instance's NIC to ``nic.mode``/``nic.link`` (e.g. another bridge).
+
+        The NIC is found by ``nic.uuid`` (else ``nic.index``); the guest keeps the device.
+
+        Raises:
+            HypervisorError: not supported (INVALID), not running (WRONG_STATE), no such NIC
+                (NOT_FOUND), or the new link cannot be used.
+        """
+        raise self._unsupported("NIC hotplug")
+
     def set_nic_link(self, name: str, index: int, uuid: str, up: bool) -> None:
         """Set a running instance's NIC link up or down.
 
@@ -385,8 +401,11 @@ class Hypervisor(abc.ABC):
         """
         raise self._unsupported("migration")
 
-    def migration_status(self, name: str) -> MigrationStatus:
+    def migration_status(self, name: str, *, wait: float = 0.0) -> MigrationStatus:
         """Progress of the instance's outgoing migration.
+
+        With ``wait`` > 0 the driver returns as soon as the migration reached a final state
+        (completed, failed, cancelled), or after ``wait`` seconds with the current progress.
 
         Raises:
             HypervisorError: not supported or not running.

@@ -8,7 +8,8 @@ the node daemon the way real guests do, and listing is a single directory read.
 It keeps the same contracts as real drivers: starting a running instance is refused (kind
 WRONG_STATE), balloon targets outside ``[min_memory, memory]`` are refused (kind INVALID),
 stopping a stopped instance succeeds. The ``boot_delay`` hvparam makes a start take that
-long, to exercise timeouts and concurrency.
+long, to exercise timeouts and concurrency. Pause, suspend and migration are in
+:mod:`corral.hypervisor.fake_power`.
 """
 
 from __future__ import annotations
@@ -32,13 +33,15 @@ from corral.hypervisor.base import (
     InstanceSpec,
     InstanceState,
 )
+from corral.hypervisor.fake_devices import FakeDevices, nic_record
+from corral.hypervisor.fake_power import FakePower
 from corral.objects.params.hv import FAKE_HVPARAMS
 from corral.objects.params.spec import Schema
 
 _SUFFIX = ".json"
 
 
-class FakeHypervisor(Hypervisor):
+class FakeHypervisor(FakePower, FakeDevices, Hypervisor):
     """Instances as JSON files; see the module docstring.
 
     Args:
@@ -49,7 +52,12 @@ class FakeHypervisor(Hypervisor):
     NAME: ClassVar[str] = "fake"
     PARAMS: ClassVar[Schema] = FAKE_HVPARAMS
     CAPABILITIES: ClassVar[Capabilities] = Capabilities(
-        balloon=True, pause=True, runs_processes=False
+        balloon=True,
+        pause=True,
+        runs_processes=False,
+        hotplug_disk=True,
+        hotplug_nic=True,
+        live_migration=True,
     )
 
     def __init__(self, run_dir: str, *, meminfo: str = "/proc/meminfo") -> None:
@@ -140,6 +148,12 @@ class FakeHypervisor(Hypervisor):
                 "start_time": time.time(),
                 "reboots": 0,
                 "disks": [d.path for d in disks],
+                # devices as the hotplug methods see them (see fake_devices.py)
+                "disk_devices": [
+                    {"index": d.index, "uuid": d.uuid, "path": d.path} for d in disks
+                ],
+                "nic_devices": [nic_record(n) for n in spec.nics],
+                "cpu_mask": str(hv.get("cpu_mask", "all")),
             },
         )
 

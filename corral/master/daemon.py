@@ -14,6 +14,8 @@
 * Without ``--foreground`` it starts itself again detached (``common/daemonize.py``) and
   returns once the daemon serves. The pid file (``<root>/run/corral/corral-master.pid``) is
   written once both listeners are bound and removed on exit.
+* Runs the watcher (``master/watcher.py``: instances whose guest powered itself off are
+  recorded "user down") every ``$CORRAL_WATCHER_INTERVAL`` seconds (default 30, 0 = off).
 * SIGTERM/SIGINT: stop accepting requests, give running jobs :data:`STOP_GRACE` seconds, then
   interrupt them (they end in ``error`` saying the master was stopped).
 
@@ -44,6 +46,7 @@ from corral.common.paths import Paths
 from corral.master.bootstrap import ClusterConf, load_cluster_conf, open_store
 from corral.master.rpcrunner import RpcNodeRunner
 from corral.master.service import MasterService
+from corral.master.watcher import Watcher, interval_from_env
 
 log = logging.getLogger("corral.master.daemon")  # not __main__ under "python -m"
 
@@ -186,12 +189,16 @@ async def _serve(paths: Paths, conf: ClusterConf, pid_file: str) -> None:
             paths.master_socket,
             os.getpid(),
         )
+        servers = list(tasks)
+        watcher = Watcher(service, interval=interval_from_env())
+        tasks.append(asyncio.create_task(watcher.run(stop), name="watcher"))
         stopped = asyncio.create_task(stop.wait())
-        await asyncio.wait([stopped, *tasks], return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait([stopped, *servers], return_when=asyncio.FIRST_COMPLETED)
         stopped.cancel()
         log.info("stopping")
     finally:
         tcp.should_exit = local.should_exit = True
+        stop.set()  # ends the watcher
         await asyncio.gather(*tasks, return_exceptions=True)
         await service.stop(STOP_GRACE)
         await runner.aclose()

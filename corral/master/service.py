@@ -8,8 +8,10 @@ Instance status (Ganeti's ``oper_state``): the store keeps what the administrato
 (``admin_state``); :meth:`MasterService.live_instances` says what runs. The API combines both
 into ``running`` / ``ADMIN_down`` / ``ERROR_down`` / ``ERROR_up`` (see
 ``ops/instance_query.oper_state_name``). A guest that powered itself off while marked up is
-shown ``ERROR_down`` until someone starts or stops it; nothing is changed behind the
-administrator's back.
+reported by its node in state SHUTDOWN and shown ``USER_down``; the watcher
+(``master/watcher.py``) then records it down with ``admin_state_source`` ``user`` (still
+``USER_down``) and has the node clean up, as Ganeti's watcher does. A guest that crashed stays
+marked up and shows ``ERROR_down``.
 """
 
 from __future__ import annotations

@@ -86,6 +86,10 @@ class Instance(ConfigObject):
     admin_state_source: AdminStateSource = AdminStateSource.ADMIN
     disks_active: bool = False
     network_port: int | None = None
+    #: Corral: saved to disk by ``instance suspend`` (its state file is on the primary node,
+    #: at ``suspend_file``); ``unsuspend`` restores it, a stop or removal discards it.
+    suspended: bool = False
+    suspend_file: str = ""
 
     @property
     def os_name(self) -> str:

@@ -148,6 +148,9 @@ class OpInstanceShutdown(OpCode):
     timeout: float = 120.0
     no_remember: bool = False
     force: bool = False
+    #: Who wants it down (Ganeti): ``user`` when the guest powered itself off and the
+    #: master's watcher records it (the instance then shows ``USER_down``).
+    admin_state_source: Literal["admin", "user"] = "admin"
 
 
 class OpInstanceReboot(OpCode):
@@ -159,6 +162,38 @@ class OpInstanceReboot(OpCode):
     reboot_type: Literal["soft", "hard", "full"] = "hard"
     shutdown_timeout: float = 120.0
     ignore_secondaries: bool = False
+
+
+class OpInstancePause(OpCode):
+    """Corral extension: stop a running instance's vCPUs (it keeps its memory)."""
+
+    OP_ID = "OP_INSTANCE_PAUSE"
+    SUMMARY_FIELD = "instance_name"
+    instance_name: str
+
+
+class OpInstanceResume(OpCode):
+    """Corral extension: let a paused instance run again."""
+
+    OP_ID = "OP_INSTANCE_RESUME"
+    SUMMARY_FIELD = "instance_name"
+    instance_name: str
+
+
+class OpInstanceSuspend(OpCode):
+    """Corral extension: save a running instance to disk on its node and stop it."""
+
+    OP_ID = "OP_INSTANCE_SUSPEND"
+    SUMMARY_FIELD = "instance_name"
+    instance_name: str
+
+
+class OpInstanceUnsuspend(OpCode):
+    """Corral extension: start a suspended instance again from its saved state."""
+
+    OP_ID = "OP_INSTANCE_UNSUSPEND"
+    SUMMARY_FIELD = "instance_name"
+    instance_name: str
 
 
 class OpInstanceSetParams(OpCode):
@@ -173,6 +208,16 @@ class OpInstanceSetParams(OpCode):
     runtime_mem: int | None = None
     os_name: str | None = None
     force: bool = False
+    #: Ganeti's ``[[action, index_or_name_or_uuid, params], ...]`` (or the legacy
+    #: ``[[action_or_index, params], ...]``); actions add, remove, modify
+    #: (master/ops/instance_devices.py).
+    disks: list[list[Any]] = Field(default_factory=list)
+    nics: list[list[Any]] = Field(default_factory=list)
+    #: True: hotplug or fail; False: never (changes apply at the next start); None (default):
+    #: hotplug when the instance runs and its hypervisor can, else at the next start.
+    hotplug: bool | None = None
+    #: Ganeti's --hotplug-if-possible: same as ``hotplug`` None.
+    hotplug_if_possible: bool = False
 
 
 class OpInstanceGrowDisk(OpCode):
@@ -257,6 +302,10 @@ OPCODES: dict[str, type[OpCode]] = {
         OpInstanceStartup,
         OpInstanceShutdown,
         OpInstanceReboot,
+        OpInstancePause,
+        OpInstanceResume,
+        OpInstanceSuspend,
+        OpInstanceUnsuspend,
         OpInstanceSetParams,
         OpInstanceGrowDisk,
         OpInstanceRename,

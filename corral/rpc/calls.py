@@ -21,6 +21,8 @@ from corral.hypervisor.base import (
     HvNodeInfo,
     InstanceInfo,
     InstanceSpec,
+    MigrationStatus,
+    NicSpec,
 )
 from corral.storage.base import VolumeInfo, VolumeSpec
 
@@ -191,6 +193,40 @@ class InstanceConsoleResponse(Msg):
     console: ConsoleInfo
 
 
+class InstanceHotplugRequest(Msg):
+    """Hot-add, hot-remove or modify one device of a running instance, or ask if it can.
+
+    ``action``: ``check`` (can this device kind be hot-plugged now? see the response),
+    ``add`` (``disk`` or ``nic`` given), ``remove`` (``index`` and/or ``uuid``), ``modify``
+    (NICs only: ``nic`` with the new mode/link moves it; ``link_up`` sets its carrier).
+    """
+
+    name: str
+    hypervisor: str
+    action: Literal["check", "add", "remove", "modify"]
+    device: Literal["disk", "nic"]
+    disk: DiskRef | None = None
+    nic: NicSpec | None = None
+    index: int | None = None
+    uuid: str = ""
+    link_up: bool | None = None
+
+
+class InstanceHotplugResponse(Msg):
+    """For ``check``: whether hotplug is possible now, and why not."""
+
+    supported: bool = True
+    reason: str = ""
+
+
+class InstancePinCpusRequest(Msg):
+    """Pin a running instance's vCPUs (Ganeti ``cpu_mask`` syntax; ``all`` unpins)."""
+
+    name: str
+    hypervisor: str
+    cpu_mask: str
+
+
 # --- block devices ---------------------------------------------------------------------------
 
 
@@ -298,6 +334,119 @@ class OsDiagnoseResponse(Msg):
     oses: list[OsInfo]
 
 
+# --- pause, suspend, migration (KVM lifecycle; Corral extensions) ----------------------------
+
+
+class InstancePowerRequest(Msg):
+    """Pause or resume a running instance (vCPUs stopped / running again)."""
+
+    name: str
+    hypervisor: str
+    reason: str = ""
+
+
+class InstanceSuspendRequest(Msg):
+    """Save a running instance to a state file chosen by the node, and stop it."""
+
+    name: str
+    hypervisor: str
+    reason: str = ""
+
+
+class InstanceSuspendResponse(Msg):
+    """Where the node keeps the saved state."""
+
+    state_file: str
+
+
+class InstanceUnsuspendRequest(Msg):
+    """Start an instance again from the state file :data:`INSTANCE_SUSPEND` wrote."""
+
+    instance: InstanceSpec
+    disks: list[DiskRef]
+    state_file: str
+    reason: str = ""
+
+
+class MigrationInfoRequest(Msg):
+    """The source's runtime of a running instance, for the destination to replay."""
+
+    name: str
+    hypervisor: str
+
+
+class MigrationInfoResponse(Msg):
+    """Driver-specific, opaque to the master: handed as is to :data:`ACCEPT_INSTANCE`."""
+
+    info: dict[str, Any]
+
+
+class AcceptInstanceRequest(Msg):
+    """Start the destination of a migration paused, listening on ``listen_host:port``."""
+
+    instance: InstanceSpec
+    disks: list[DiskRef]
+    info: dict[str, Any]
+    listen_host: str
+    port: int
+
+
+class MigrateInstanceRequest(Msg):
+    """Start sending a running instance to an accepting destination (returns at once).
+
+    ``bandwidth_mib``/``downtime_ms`` default to the instance's migration hvparams.
+    """
+
+    name: str
+    hypervisor: str
+    target_host: str
+    port: int
+    live: bool = True
+    bandwidth_mib: int | None = None
+    downtime_ms: int | None = None
+
+
+class MigrationStatusRequest(Msg):
+    """Progress of an outgoing migration.
+
+    ``wait`` > 0 makes the node answer as soon as the migration reached a final state
+    (completed, failed, cancelled) or after ``wait`` seconds (at most 30), whichever is first:
+    a long poll that spares the caller a tight polling loop.
+    """
+
+    name: str
+    hypervisor: str
+    wait: float = Field(default=0.0, ge=0.0, le=30.0)
+
+
+class MigrationStatusResponse(Msg):
+    """The migration's state and progress."""
+
+    status: MigrationStatus
+
+
+class FinalizeMigrationSrcRequest(Msg):
+    """Source side after a migration: quit (success) or resume (failure)."""
+
+    name: str
+    hypervisor: str
+    success: bool
+
+
+class FinalizeMigrationDstRequest(Msg):
+    """Destination side after a migration: run the guest (success) or kill it (failure)."""
+
+    instance: InstanceSpec
+    success: bool
+
+
+class AbortMigrationRequest(Msg):
+    """Cancel an outgoing migration; the source runs on."""
+
+    name: str
+    hypervisor: str
+
+
 # --- hooks -----------------------------------------------------------------------------------
 
 
@@ -352,6 +501,9 @@ INSTANCE_SHUTDOWN = Call("instance_shutdown", InstanceShutdownRequest, Empty, 60
 INSTANCE_REBOOT = Call("instance_reboot", InstanceRebootRequest, Empty, 300)
 INSTANCE_BALLOON = Call("instance_balloon", InstanceBalloonRequest, InstanceBalloonResponse, 120)
 INSTANCE_CONSOLE = Call("instance_console", InstanceConsoleRequest, InstanceConsoleResponse, 30)
+#: Removal waits for the guest to release the device (the KVM driver allows 30 s).
+INSTANCE_HOTPLUG = Call("instance_hotplug", InstanceHotplugRequest, InstanceHotplugResponse, 120)
+INSTANCE_PIN_CPUS = Call("instance_pin_cpus", InstancePinCpusRequest, Empty, 30)
 BLOCKDEV_CREATE = Call("blockdev_create", BlockdevRequest, BlockdevInfoResponse, 600)
 BLOCKDEV_REMOVE = Call("blockdev_remove", BlockdevRequest, Empty, 300)
 BLOCKDEV_GROW = Call("blockdev_grow", BlockdevGrowRequest, BlockdevInfoResponse, 600)
@@ -363,6 +515,19 @@ OS_RENAME = Call("os_rename", OsRenameRequest, OsScriptResponse, 600)
 OS_VERIFY = Call("os_verify", OsVerifyRequest, Empty, 120)
 OS_DIAGNOSE = Call("os_diagnose", Empty, OsDiagnoseResponse, 120)
 HOOKS_RUN = Call("hooks_run", HooksRunRequest, HooksRunResponse, 600)
+INSTANCE_PAUSE = Call("instance_pause", InstancePowerRequest, Empty, 60)
+INSTANCE_RESUME = Call("instance_resume", InstancePowerRequest, Empty, 60)
+#: Saving takes about a second per GiB of guest memory here; 1 TiB guests need longer.
+INSTANCE_SUSPEND = Call("instance_suspend", InstanceSuspendRequest, InstanceSuspendResponse, 1800)
+INSTANCE_UNSUSPEND = Call("instance_unsuspend", InstanceUnsuspendRequest, Empty, 1800)
+MIGRATION_INFO = Call("migration_info", MigrationInfoRequest, MigrationInfoResponse, 30)
+ACCEPT_INSTANCE = Call("accept_instance", AcceptInstanceRequest, Empty, 300)
+MIGRATE_INSTANCE = Call("migrate_instance", MigrateInstanceRequest, Empty, 60)
+#: The status call may wait up to 30 s for a final state (``MigrationStatusRequest.wait``).
+MIGRATION_STATUS = Call("migration_status", MigrationStatusRequest, MigrationStatusResponse, 60)
+FINALIZE_MIGRATION_SRC = Call("finalize_migration_src", FinalizeMigrationSrcRequest, Empty, 120)
+FINALIZE_MIGRATION_DST = Call("finalize_migration_dst", FinalizeMigrationDstRequest, Empty, 120)
+ABORT_MIGRATION = Call("abort_migration", AbortMigrationRequest, Empty, 60)
 
 #: Every call by its wire name.
 CALLS: dict[str, Call[Any, Any]] = {
@@ -380,6 +545,8 @@ CALLS: dict[str, Call[Any, Any]] = {
         INSTANCE_REBOOT,
         INSTANCE_BALLOON,
         INSTANCE_CONSOLE,
+        INSTANCE_HOTPLUG,
+        INSTANCE_PIN_CPUS,
         BLOCKDEV_CREATE,
         BLOCKDEV_REMOVE,
         BLOCKDEV_GROW,
@@ -391,5 +558,16 @@ CALLS: dict[str, Call[Any, Any]] = {
         OS_VERIFY,
         OS_DIAGNOSE,
         HOOKS_RUN,
+        INSTANCE_PAUSE,
+        INSTANCE_RESUME,
+        INSTANCE_SUSPEND,
+        INSTANCE_UNSUSPEND,
+        MIGRATION_INFO,
+        ACCEPT_INSTANCE,
+        MIGRATE_INSTANCE,
+        MIGRATION_STATUS,
+        FINALIZE_MIGRATION_SRC,
+        FINALIZE_MIGRATION_DST,
+        ABORT_MIGRATION,
     )
 }

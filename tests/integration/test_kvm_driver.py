@@ -309,7 +309,7 @@ def test_soft_reboot_restarts_from_the_saved_runtime(env):
     env.kvm.stop("sr1", timeout=30)
 
 
-def test_guest_powering_itself_off_is_no_longer_listed(env):
+def test_guest_powering_itself_off_is_listed_as_shutdown_until_cleaned(env):
     pid = env.start(env.spec("off1"))
     env.wait_serial("off1", r"CORRAL-GUEST-UP off1")
     # Type into the interactive serial console exactly as `corral instance console` does.
@@ -341,9 +341,13 @@ def test_guest_powering_itself_off_is_no_longer_listed(env):
                 proc.wait()
         proc.stderr.close()
         os.close(master)
-    assert env.kvm.list_instances() == []  # "user down": no longer listed
+    # "user down": QEMU's SHUTDOWN event says the guest did it; listed until cleaned
+    assert env.kvm.list_instances() == ["off1"]
+    assert env.kvm.instance_info("off1").state is InstanceState.SHUTDOWN
+    env.kvm.cleanup("off1")
+    assert env.kvm.list_instances() == []
     assert env.kvm.instance_info("off1") is None
-    assert run_dir_is_empty(env.kvm)  # the stale entry was cleaned on the way
+    assert run_dir_is_empty(env.kvm)
 
 
 def test_bridged_nic_gets_a_tap_on_its_bridge(env):

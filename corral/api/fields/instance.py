@@ -90,6 +90,17 @@ def _oper_attr(attr: str) -> Callable[[InstanceContext, Instance], Any]:
     return get
 
 
+def _oper_attr_value(attr: str) -> Callable[[InstanceContext, Instance], Any]:
+    """Like :func:`_oper_attr`, for enum attributes (their value)."""
+    get = _oper_attr(attr)
+
+    def value(ctx: InstanceContext, inst: Instance) -> Any:
+        raw = get(ctx, inst)
+        return raw.value if isinstance(raw, InstanceState) else raw
+
+    return value
+
+
 def _nic_mode(ctx: InstanceContext, nic: NIC) -> Any:
     return filled_nicparams(ctx.cluster, nic).get("mode")
 
@@ -374,6 +385,22 @@ _INSTANCE_FIELDS: dict[str, FieldDef] = {
             live=True,
         ),
         _f("oper_state", "Running", "bool", "Actual state of instance", _oper_state, live=True),
+        _f(
+            "hv_state",
+            "HvState",
+            "text",
+            "Corral: the hypervisor's run state (running, paused, shutdown, crashed); "
+            "null when the instance does not run",
+            _oper_attr_value("state"),
+            live=True,
+        ),
+        _f(
+            "suspended",
+            "Suspended",
+            "bool",
+            "Corral: saved to disk by instance suspend (restore with unsuspend)",
+            lambda _c, i: i.suspended,
+        ),
         _f(
             "oper_ram",
             "Memory",

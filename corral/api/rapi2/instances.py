@@ -124,9 +124,54 @@ async def shutdown_instance(request: Request, name: str) -> JSONResponse:
     return ok(await submit(request, [op]))
 
 
+# --- Corral extensions: pause, resume, suspend, unsuspend ------------------------------------
+
+_POWER_OPS = {
+    "pause": "OP_INSTANCE_PAUSE",
+    "resume": "OP_INSTANCE_RESUME",
+    "suspend": "OP_INSTANCE_SUSPEND",
+    "unsuspend": "OP_INSTANCE_UNSUSPEND",
+}
+
+
+async def _power(request: Request, name: str, action: str) -> JSONResponse:
+    static = common_static(request, f"instances_name_{action}") | {"instance_name": name}
+    op = build_op(_POWER_OPS[action], await dict_body(request), static)
+    return ok(await submit(request, [op]))
+
+
+@router.put("/2/instances/{name}/pause", dependencies=[WRITE])
+async def pause_instance(request: Request, name: str) -> JSONResponse:
+    """Corral extension: pause a running instance (its vCPUs stop; job id)."""
+    return await _power(request, name, "pause")
+
+
+@router.put("/2/instances/{name}/resume", dependencies=[WRITE])
+async def resume_instance(request: Request, name: str) -> JSONResponse:
+    """Corral extension: resume a paused instance (job id)."""
+    return await _power(request, name, "resume")
+
+
+@router.put("/2/instances/{name}/suspend", dependencies=[WRITE])
+async def suspend_instance(request: Request, name: str) -> JSONResponse:
+    """Corral extension: save a running instance to disk and stop it (job id)."""
+    return await _power(request, name, "suspend")
+
+
+@router.put("/2/instances/{name}/unsuspend", dependencies=[WRITE])
+async def unsuspend_instance(request: Request, name: str) -> JSONResponse:
+    """Corral extension: restore a suspended instance (job id)."""
+    return await _power(request, name, "unsuspend")
+
+
 @router.put("/2/instances/{name}/modify", dependencies=[WRITE])
 async def modify_instance(request: Request, name: str) -> JSONResponse:
-    """Change parameters (body: ``beparams``, ``hvparams``, ``osparams``, ``runtime_mem``...)."""
+    """Change parameters and devices.
+
+    Body: ``beparams``, ``hvparams``, ``osparams``, ``runtime_mem``, ``os_name``, and Ganeti's
+    ``disks``/``nics`` modifications (``[[action, index_or_name, params], ...]``) with
+    ``hotplug``/``hotplug_if_possible`` (master/ops/instance_devices.py).
+    """
     static = common_static(request, "instances_name_modify") | {"instance_name": name}
     op = build_op("OP_INSTANCE_SET_PARAMS", await dict_body(request), static)
     return ok(await submit(request, [op]))

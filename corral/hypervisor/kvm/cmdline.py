@@ -20,28 +20,35 @@ Choices worth knowing (also in docs/hypervisors/kvm.md):
   driver (``-netdev tap,ifname=...,script=no,downscript=no``).
 * ``-no-reboot`` is only passed with ``reboot_behavior=exit``: it turns ``system_reset`` (the
   hard reboot) into QEMU exiting.
+* Only options the probed binary offers are generated (:mod:`probe`; e.g. ``-run-with user=``
+  on QEMU 9.1+, ``-runas`` before); consoles, cdroms, USB, sound and the ``-smp`` topology are
+  built by :mod:`devices`, the UEFI flash by :mod:`firmware`, privilege dropping by
+  :mod:`security`. ``kvm_extra`` is split like a shell line (:func:`shlex.split`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
 import re
+import shlex
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from corral.common.errors import ErrorKind, HypervisorError
 from corral.hypervisor.base import AttachedDisk, InstanceSpec, NicSpec
+from corral.hypervisor.kvm import devices
+from corral.hypervisor.kvm.devices import VNC_AUTO_RANGE, VNC_BASE_PORT, qemu_escape
+from corral.hypervisor.kvm.firmware import UEFI_MIN_MEMORY, firmware_args
+from corral.hypervisor.kvm.pci import spare_port_args
+from corral.hypervisor.kvm.probe import QemuCaps
 from corral.hypervisor.kvm.runtime import DiskRuntime, InstanceLayout, NicRuntime
+from corral.hypervisor.kvm.security import RunAs, process_args
+from corral.objects.params.hv import KVM_DISK_MODELS, KVM_NIC_MODELS
 
 #: Device models per ``disk_type`` / ``nic_type`` hvparam.
-DISK_MODELS = {"paravirtual": "virtio-blk-pci", "ide": "ide-hd", "scsi": "scsi-hd"}
-NIC_MODELS = {"paravirtual": "virtio-net-pci", "e1000": "e1000", "rtl8139": "rtl8139"}
-
-#: First TCP port of VNC display 0.
-VNC_BASE_PORT = 5900
-#: How many displays QEMU may try when the instance has no network_port.
-VNC_AUTO_RANGE = 99
+DISK_MODELS = KVM_DISK_MODELS
+NIC_MODELS = KVM_NIC_MODELS
+__all__ = ["VNC_AUTO_RANGE", "VNC_BASE_PORT", "qemu_escape"]
 
 BALLOON_ID = "balloon0"
 QMP_CHARDEV = "qmp"
@@ -55,6 +62,14 @@ class HostFacts:
     qemu_binary: str
     qemu_version: str
     accel: str  # the accelerator actually chosen: "kvm" | "tcg"
+    caps: QemuCaps | None = None  # probed (kvm/probe.py); None: QemuCaps.baseline
+    run_as: RunAs | None = None  # who QEMU becomes (security_model user/pool)
+    chroot: str = ""  # the per-instance chroot directory (use_chroot)
+    nvram: str = ""  # the per-instance UEFI variables store (firmware=uefi)
+
+    def capabilities(self) -> QemuCaps:
+        """The probed capabilities, or the baseline every supported QEMU has."""
+        return self.caps or QemuCaps.baseline(self.qemu_binary, self.qemu_version)
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -74,11 +89,6 @@ class QemuPlan:
 def launch_argv(argv: Sequence[str], *, paused: bool) -> list[str]:
     """``argv`` plus ``-S`` (start with the vCPUs stopped) when ``paused``."""
     return [*argv, "-S"] if paused else list(argv)
-
-
-def qemu_escape(value: str) -> str:
-    """Escape a value for QEMU's ``key=value,...`` option syntax (a comma is doubled)."""
-    return value.replace(",", ",,")
 
 
 def _short(uid: str, length: int = 10) -> str:
@@ -128,13 +138,6 @@ def kernel_append(hv: Mapping[str, Any]) -> str:
     if hv["kernel_args"]:
         parts.append(str(hv["kernel_args"]))
     return " ".join(parts)
-
-
-def _vnc_arg(address: str, network_port: int | None) -> str:
-    host = f"[{address}]" if ipaddress.ip_address(address).version == 6 else address
-    if network_port is not None and network_port >= VNC_BASE_PORT:
-        return f"{host}:{network_port - VNC_BASE_PORT}"
-    return f"{host}:0,to={VNC_AUTO_RANGE}"
 
 
 def _boot_indexes(hv: Mapping[str, Any]) -> dict[str, int]:
@@ -191,6 +194,8 @@ def _disk_args(
     cache = hv["disk_cache"]
     if cache == "none":
         file_opts.append("cache.direct=on")
+    if hv.get("disk_aio", "threads") != "threads":  # threads is QEMU's default
+        file_opts.append(f"aio={hv['disk_aio']}")
     argv += ["-blockdev", ",".join(file_opts)]
     argv += [
         "-blockdev",
@@ -273,7 +278,8 @@ def build_plan(
         spec: the instance (memory, vCPUs, NICs, uuid).
         disks: its disks, attached on this node, in index order.
         hv: the *filled* KVM hvparams (every key of ``KVM_HVPARAMS`` present).
-        host: QEMU binary, version and the accelerator chosen for this start.
+        host: QEMU binary, version, probed capabilities, the accelerator chosen for this
+            start, and what the driver prepared (uid to run as, chroot, UEFI store).
         layout: where the sockets, pid file and logs go.
 
     Returns:
@@ -284,9 +290,16 @@ def build_plan(
             facts (e.g. ``cpu_type=host`` under TCG, ``boot_order=cdrom`` without an image),
             naming the parameter in ``fields["param"]``.
     """
-    machine = str(hv["machine_version"]) or "pc"
+    caps = host.capabilities()
     if host.accel not in ("kvm", "tcg"):
         raise _bad(f"accelerator must be kvm or tcg, got {host.accel!r}", "accel")
+    machine = caps.resolve_machine(str(hv["machine_version"]))
+    if caps.machines.names and machine not in caps.machines.names:
+        raise _bad(
+            f"machine_version: {machine!r} is not a machine type of {caps.binary} "
+            f"(QEMU {caps.version}; see '{caps.binary} -machine help')",
+            "machine_version",
+        )
     cpu = str(hv["cpu_type"])
     if cpu == "host" and host.accel != "kvm":
         raise _bad(
@@ -298,6 +311,21 @@ def build_plan(
         raise _bad("boot_order=cdrom needs cdrom_image_path", "boot_order")
     if hv["boot_order"] == "disk" and not hv["kernel_path"] and not disks:
         raise _bad("the instance has no kernel_path and no disk to boot from", "kernel_path")
+    if disks:
+        devices.require_device(caps, DISK_MODELS[hv["disk_type"]], "disk_type")
+    if spec.nics:
+        devices.require_device(caps, NIC_MODELS[hv["nic_type"]], "nic_type")
+    fw_props, fw_argv = firmware_args(hv, host.nvram)
+    if fw_props and not host.nvram:
+        raise _bad("firmware=uefi needs the instance's UEFI variables store", "firmware")
+    if fw_props and spec.memory < UEFI_MIN_MEMORY:
+        raise _bad(
+            f"firmware=uefi needs at least {UEFI_MIN_MEMORY} MiB of memory (OVMF crashes with "
+            f"less); the instance has {spec.memory} MiB: raise its memory or use bios",
+            "firmware",
+        )
+    if not caps.has_option("-display"):
+        raise _bad(f"{caps.binary} (QEMU {caps.version}) has no -display option", "kvm_path")
 
     argv: list[str] = [
         host.qemu_binary,
@@ -306,25 +334,18 @@ def build_plan(
         "-uuid",
         spec.uuid,
         "-machine",
-        f"{machine},accel={host.accel}",
+        ",".join([machine, f"accel={host.accel}", *fw_props]),
     ]
     if cpu:
         argv += ["-cpu", cpu]
-    argv += [
-        "-m",
-        str(spec.memory),
-        "-smp",
-        str(spec.vcpus),
-        "-nodefaults",
-        "-no-user-config",
-        "-display",
-        "none",
-        "-msg",
-        "timestamp=on",
-    ]
-    if hv["vnc_bind_address"]:
-        argv += ["-vnc", _vnc_arg(hv["vnc_bind_address"], spec.network_port)]
-        argv += ["-device", "VGA,id=video0"]
+    argv += ["-m", str(spec.memory), "-smp", devices.smp_arg(spec.vcpus, hv), "-nodefaults"]
+    if caps.has_option("-no-user-config"):
+        argv.append("-no-user-config")
+    argv += ["-display", "none"]
+    if caps.has_option("-msg"):
+        argv += ["-msg", "timestamp=on"]
+    argv += devices.vnc_args(hv, spec.network_port, layout.dir, caps)
+    argv += devices.spice_args(hv, spec.network_port, layout.dir, caps)
     argv += [
         "-chardev",
         f"socket,id={QMP_CHARDEV},path={qemu_escape(layout.qmp_socket)},server=on,wait=off",
@@ -346,34 +367,29 @@ def build_plan(
         append = kernel_append(hv)
         if append:
             argv += ["-append", append]
+    argv += fw_argv
 
     boot = _boot_indexes(hv)
     ports = _PortAllocator(is_q35(machine), argv)
-    if hv["disk_type"] == "scsi" and disks:
-        argv += ["-device", "virtio-scsi-pci,id=scsi0"]
+    if devices.needs_scsi_controller(hv, bool(disks)):
+        devices.require_device(caps, "virtio-scsi-pci", "disk_type")
+        argv += ["-device", f"virtio-scsi-pci,id={devices.SCSI_CONTROLLER_ID}"]
     disk_records = [
         _disk_args(d, hv, boot, ports, argv) for d in sorted(disks, key=lambda d: d.index)
     ]
-    if hv["cdrom_image_path"]:
-        path = qemu_escape(hv["cdrom_image_path"])
-        argv += [
-            "-blockdev",
-            f"driver=file,node-name=cdrom0-file,filename={path},read-only=on",
-            "-blockdev",
-            "driver=raw,node-name=cdrom0-fmt,file=cdrom0-file,read-only=on",
-        ]
-        dev = "ide-cd,id=cdrom0,drive=cdrom0-fmt"
-        if "cdrom" in boot:
-            dev += f",bootindex={boot['cdrom']}"
-        argv += ["-device", dev]
+    argv += devices.cdrom_args(hv, boot.get("cdrom"), caps)
     nics = sorted(spec.nics, key=lambda n: n.index)
     nic_records = [_nic_args(n, hv, boot, ports, argv, first=(i == 0)) for i, n in enumerate(nics)]
+    if ports.q35:
+        argv += spare_port_args()  # empty ports for hot-added devices (kvm/pci.py)
+    argv += devices.usb_args(hv, caps)
+    argv += devices.sound_args(hv, caps)
     argv += ["-device", f"virtio-balloon-pci,id={BALLOON_ID}"]
     if hv["reboot_behavior"] == "exit":
         argv.append("-no-reboot")
+    argv += process_args(caps, host.run_as, host.chroot)
     argv += ["-pidfile", layout.pidfile, "-daemonize"]
-    extra = str(hv["kvm_extra"]).split()
-    argv += extra
+    argv += shlex.split(str(hv["kvm_extra"]))
     return QemuPlan(argv=argv, machine=machine, disks=disk_records, nics=nic_records)
 
 
@@ -406,3 +422,49 @@ def argv_names_instance(cmdline: Sequence[str], name: str, uuid: str = "") -> bo
             a == "-uuid" and i + 1 < len(args) and args[i + 1] == uuid for i, a in enumerate(args)
         )
     return True
+
+
+# --- hot-added devices (kvm/hotplug.py) --------------------------------------------------------
+
+
+class _FixedBus(_PortAllocator):
+    """The placement hotplug chose (``bus=``/``addr=``) instead of a new root port."""
+
+    def __init__(self, bus: Sequence[str]) -> None:
+        super().__init__(False, [])
+        self.bus = list(bus)
+
+    def bus_for(self, device_id: str) -> list[str]:
+        return list(self.bus)
+
+
+def hotplug_disk_args(
+    disk: AttachedDisk, hv: Mapping[str, Any], bus: Sequence[str]
+) -> tuple[list[str], DiskRuntime]:
+    """The ``-blockdev``/``-device`` arguments of a disk hot-added at ``bus``.
+
+    Same generation as at start (so a replay of the argv gives the same device), with the
+    placement given as option strings (``["bus=pci.0", "addr=0x5"]`` or ``["bus=hotplug0"]``)
+    and no boot index.
+
+    Raises:
+        HypervisorError: kind INVALID for an unsupported format or mode.
+    """
+    argv: list[str] = []
+    record = _disk_args(disk, hv, {}, _FixedBus(bus), argv)
+    return argv, record
+
+
+def hotplug_nic_args(
+    nic: NicSpec, hv: Mapping[str, Any], bus: Sequence[str]
+) -> tuple[list[str], NicRuntime]:
+    """The ``-netdev``/``-device`` arguments of a NIC hot-added at ``bus``.
+
+    See :func:`hotplug_disk_args`.
+
+    Raises:
+        HypervisorError: kind INVALID for an unsupported NIC mode.
+    """
+    argv: list[str] = []
+    record = _nic_args(nic, hv, {}, _FixedBus(bus), argv, first=False)
+    return argv, record

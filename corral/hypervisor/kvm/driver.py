@@ -16,8 +16,11 @@ Semantics chosen here (also in docs/hypervisors/kvm.md):
   fresh start instead). Soft = Ganeti's KVM ``RebootInstance``: an ACPI shutdown (bounded by
   the ``shutdown_timeout`` hvparam, then quit/kill) followed by a start from the *saved
   runtime*, i.e. the same command line, accelerator and devices as before.
-* A guest that powered itself off makes QEMU exit; it is then simply no longer listed (the
-  master notices the instance is down without an admin request: "user down").
+* A guest that powered itself off makes QEMU exit; QEMU's own ``SHUTDOWN`` event (kept by
+  :mod:`events`) tells that apart from a crash or a stop by Corral, and the instance is then
+  listed with state SHUTDOWN until an operation cleans it up (the master records it as
+  "user down"). Pause/resume and suspend/restore are in :mod:`lifecycle`, migration in
+  :mod:`migration`.
 * Everything per instance is under ``<run_dir>/<instance>/``; a per-instance ``flock`` keeps
   start/stop/reboot and the cleanup of stale entries from racing.
 """
@@ -45,17 +48,23 @@ from corral.hypervisor.base import (
     InstanceState,
 )
 from corral.hypervisor.kvm import accel as accel_mod
-from corral.hypervisor.kvm import network
-from corral.hypervisor.kvm.cmdline import HostFacts, build_plan, launch_argv
+from corral.hypervisor.kvm import events, network
+from corral.hypervisor.kvm.cmdline import build_plan, launch_argv
 from corral.hypervisor.kvm.core import KvmCore
+from corral.hypervisor.kvm.devices import VNC_BASE_PORT
 from corral.hypervisor.kvm.host import cpu_time, read_meminfo
+from corral.hypervisor.kvm.hotplug import KvmHotplug
+from corral.hypervisor.kvm.lifecycle import KvmLifecycle
+from corral.hypervisor.kvm.migration import KvmMigration
 from corral.hypervisor.kvm.monitor import QmpSession
+from corral.hypervisor.kvm.pinning import KvmPinning
 from corral.hypervisor.kvm.process import QemuProcess
 from corral.hypervisor.kvm.runtime import (
     InstanceLayout,
     KvmRuntime,
     save_runtime,
 )
+from corral.hypervisor.kvm.validate import KvmValidate
 from corral.objects.params.hv import KVM_HVPARAMS
 
 log = logging.getLogger(__name__)
@@ -85,15 +94,7 @@ _STATE_MAP = {
 _SOCAT_ESCAPE = "0x1d"  # Ctrl-]
 
 
-def _check_file(path: str, what: str) -> str | None:
-    if not os.path.isfile(path):
-        return f"{what} {path!r} does not exist on this node"
-    if not os.access(path, os.R_OK):
-        return f"{what} {path!r} is not readable"
-    return None
-
-
-class Kvm(KvmCore):
+class Kvm(KvmLifecycle, KvmMigration, KvmHotplug, KvmPinning, KvmValidate, KvmCore):
     """KVM/QEMU guests; see the module docstring for the semantics.
 
     The constructor arguments are documented on :class:`~corral.hypervisor.kvm.core.KvmCore`.
@@ -102,49 +103,18 @@ class Kvm(KvmCore):
     # --- parameters ----------------------------------------------------------------------
 
     def validate_params(self, hvparams: Mapping[str, Any]) -> None:
-        """Check filled KVM hvparams against this node.
+        """Check filled KVM hvparams against this node (checks in :mod:`validate`).
 
         Raises:
-            ParamError: by key: a missing kvm_path/kernel_path/initrd_path/cdrom_image_path,
-                accel=kvm without a usable KVM, cpu_type=host under TCG, a machine type the
-                QEMU binary does not support.
+            ParamError: every problem by key (syntax first; then the node checks of
+                :meth:`~corral.hypervisor.kvm.validate.KvmValidate._param_problems` and the
+                cpu_mask check).
         """
         hv = self._filled(hvparams)
-        problems: dict[str, str] = {}
-        binary = hv["kvm_path"]
-        binary_ok = os.path.isfile(binary) and os.access(binary, os.X_OK)
-        if not binary_ok:
-            problems["kvm_path"] = f"{binary!r} is not an executable file on this node"
-        for key, what in (
-            ("kernel_path", "kernel"),
-            ("initrd_path", "initrd"),
-            ("cdrom_image_path", "cdrom image"),
-        ):
-            if hv[key]:
-                problem = _check_file(hv[key], what)
-                if problem:
-                    problems[key] = problem
-        try:
-            choice = accel_mod.choose_accel(hv["accel"], self.probe_kvm())
-        except HypervisorError as exc:
-            problems["accel"] = str(exc)
-        else:
-            if hv["cpu_type"] == "host" and choice.accel != "kvm":
-                problems["cpu_type"] = (
-                    "'host' needs KVM, but this node runs guests under tcg "
-                    f"({choice.reason}); use a CPU model such as 'max' or leave it empty"
-                )
-        if binary_ok and hv["machine_version"]:
-            try:
-                machines = self.machine_types(binary)
-            except HypervisorError as exc:
-                problems["machine_version"] = f"cannot list machine types of {binary}: {exc}"
-            else:
-                if hv["machine_version"] not in machines:
-                    problems["machine_version"] = (
-                        f"{hv['machine_version']!r} is not supported by {binary} "
-                        f"(see '{binary} -machine help')"
-                    )
+        problems = self._param_problems(hv)
+        cpu_problem = self._cpu_mask_problem(hv)
+        if cpu_problem:
+            problems["cpu_mask"] = cpu_problem
         if problems:
             raise ParamError(problems, context="hvparams/kvm")
 
@@ -172,12 +142,6 @@ class Kvm(KvmCore):
                 f"cannot start {spec.name}: {exc}", kind=ErrorKind.INVALID, problems=exc.problems
             ) from exc
         choice = accel_mod.choose_accel(hv["accel"], self.probe_kvm())
-        host = HostFacts(
-            qemu_binary=hv["kvm_path"],
-            qemu_version=self.qemu_version(hv["kvm_path"]),
-            accel=choice.accel,
-        )
-        plan = build_plan(spec, disks, hv, host, layout)
         with self._lock(layout):
             old = self._load(layout)
             if self._process(layout, old) is not None:
@@ -185,6 +149,13 @@ class Kvm(KvmCore):
                     f"instance {spec.name} is already running", kind=ErrorKind.WRONG_STATE
                 )
             self._cleanup_files(layout, old)  # leftovers of a guest that died on its own
+            # probed QEMU facts, the uid (pool: claimed now), chroot and UEFI store paths
+            host, security = self._host_facts(spec, hv, layout, choice)
+            try:
+                plan = build_plan(spec, disks, hv, host, layout)
+            except BaseException:
+                self._release_security(spec.name, security)
+                raise
             runtime = KvmRuntime(
                 name=spec.name,
                 uuid=spec.uuid,
@@ -198,8 +169,13 @@ class Kvm(KvmCore):
                 nics=plan.nics,
                 paused_at_start=paused,
                 hvparams=hv,
+                security=security,
             )
-            self._launch(layout, runtime, paused=paused)
+            try:
+                self._launch(layout, runtime, paused=paused)
+            except BaseException:
+                self._release_security(spec.name, security)
+                raise
         log.info(
             "%s: started (pid %s, accel %s%s, %s)",
             spec.name,
@@ -209,10 +185,19 @@ class Kvm(KvmCore):
             "paused" if paused else "running",
         )
 
-    def _launch(self, layout: InstanceLayout, runtime: KvmRuntime, *, paused: bool) -> None:
+    def _launch(
+        self,
+        layout: InstanceLayout,
+        runtime: KvmRuntime,
+        *,
+        paused: bool,
+        incoming: str | None = None,
+    ) -> None:
         """Create the run dir and taps, run QEMU, wait for QMP, save the runtime.
 
         The caller holds the instance lock. On failure everything created is undone.
+        ``incoming`` adds ``-incoming <incoming>`` (migration destination, restore); the
+        event monitor of :mod:`events` is always added.
 
         Raises:
             HypervisorError, LaunchError: as :meth:`start`.
@@ -229,6 +214,7 @@ class Kvm(KvmCore):
                     f"cannot create the run directory {layout.dir}: {exc.strerror}"
                 ) from exc
             rv.add(lambda: shutil.rmtree(layout.dir, ignore_errors=True), "remove run dir")
+            self._prepare_host(layout, runtime, rv)  # uid, chroot, secrets, UEFI store
             for nic in runtime.nics:
                 if nic.tap:
                     network.create_tap(self.runner, nic)
@@ -247,10 +233,14 @@ class Kvm(KvmCore):
                 proc=self.proc,
             )
             rv.add(proc.kill, "kill QEMU")
-            runtime.pid = proc.launch(
-                launch_argv(runtime.argv, paused=paused), timeout=self.launch_timeout
-            )
+            events.prepare(layout)
+            argv = launch_argv(runtime.argv, paused=paused) + events.event_monitor_argv(layout)
+            if incoming is not None:
+                argv += ["-incoming", incoming]
+            runtime.pid = proc.launch(argv, timeout=self.launch_timeout)
+            events.enable(layout)
             proc.wait_qmp(timeout=self.launch_timeout)
+            self._after_launch(layout, runtime, proc, incoming=incoming is not None)
             save_runtime(layout, runtime)
             rv.success()
 
@@ -264,6 +254,8 @@ class Kvm(KvmCore):
         with self._lock(layout):
             runtime = self._load(layout)
             proc = self._process(layout, runtime)
+            if proc is not None:
+                events.mark_stopping(layout)
             how = proc.shutdown(timeout=timeout, force=force) if proc else "not-running"
             self._cleanup_files(layout, runtime)
         log.info("%s: stopped (%s)", name, how)
@@ -286,6 +278,7 @@ class Kvm(KvmCore):
                 log.info("%s: hard reboot (system_reset)", name)
                 return
             timeout = float(runtime.hvparams.get("shutdown_timeout", 120))
+            events.mark_stopping(layout)
             how = proc.shutdown(timeout=timeout, force=hard)
             self._cleanup_files(layout, runtime)
             self._launch(layout, runtime, paused=False)
@@ -300,14 +293,21 @@ class Kvm(KvmCore):
     # --- queries -------------------------------------------------------------------------
 
     def list_instances(self) -> list[str]:
-        """Names of running guests: run-dir entries whose QEMU is alive and is theirs.
+        """Names of guests whose QEMU runs, or that powered themselves off (not cleaned yet).
 
-        Entries of guests that exited on their own are cleaned up on the way.
+        A run-dir entry counts when its QEMU is alive and is theirs, or when the guest
+        powered itself off and nothing cleaned it up yet (it is then in state SHUTDOWN).
+
+        Entries of guests that exited otherwise (crash, kill) are cleaned up on the way.
 
         Raises:
             HypervisorError: the run directory cannot be read.
         """
-        return [name for name in self._entries() if self._live(name) is not None]
+        return [
+            name
+            for name in self._entries()
+            if self._live(name) is not None or self._powered_off(name) is not None
+        ]
 
     def instance_info(self, name: str) -> InstanceInfo | None:
         """Live state from QMP (status, balloon) and /proc (pid, CPU time).
@@ -320,7 +320,7 @@ class Kvm(KvmCore):
         """
         live = self._live(name)
         if live is None:
-            return None
+            return self._shutdown_info(name)
         layout, runtime, proc = live
 
         async def query(q: QmpSession) -> tuple[str, int | None]:
@@ -355,6 +355,9 @@ class Kvm(KvmCore):
                 start_time=runtime.start_time,
             )
         details["status"] = status
+        role = self._migration_role(layout)
+        if role:
+            details["migration"] = role
         return InstanceInfo(
             name=name,
             state=state,
@@ -364,6 +367,25 @@ class Kvm(KvmCore):
             pid=proc.pid,
             uuid=runtime.uuid if runtime else "",
             details=details,
+        )
+
+    def _shutdown_info(self, name: str) -> InstanceInfo | None:
+        """State SHUTDOWN for a guest that powered itself off (None for any other exit)."""
+        event = self._powered_off(name)
+        if event is None:
+            return None
+        runtime = self._load(self._layout(name))
+        return InstanceInfo(
+            name=name,
+            state=InstanceState.SHUTDOWN,
+            memory=0,
+            vcpus=runtime.spec.vcpus if runtime else 0,
+            uuid=runtime.uuid if runtime else "",
+            details={
+                "status": "shutdown",
+                "shutdown_reason": event.reason,
+                "shutdown_time": event.timestamp,
+            },
         )
 
     def balloon(self, name: str, memory: int) -> int:
@@ -439,7 +461,17 @@ class Kvm(KvmCore):
         log.info("%s: disk %d resized online to %d MiB", name, index, new_size)
 
     def console(self, spec: InstanceSpec, *, node_host: str) -> ConsoleInfo:
-        """The serial console through ``socat`` (leave with Ctrl-]); VNC when enabled.
+        """How to reach the instance: serial first (as Ganeti), else VNC, else SPICE.
+
+        * ``serial_console`` on: ``kind="ssh"``, the ``socat`` command to run on the node
+          (leave with Ctrl-]);
+        * otherwise VNC (``kind="vnc"``: host, port, ``display``) or SPICE
+          (``kind="spice"``: host, port) when enabled;
+        * otherwise ``kind="msg"``.
+
+        Whatever the kind, ``details`` carries every enabled graphical console (host, port,
+        display, whether a password and TLS protect it) and the message names it, so API
+        clients find VNC/SPICE also for guests with a serial console.
 
         Raises:
             HypervisorError: kind INVALID for unreadable hvparams.
@@ -449,8 +481,28 @@ class Kvm(KvmCore):
             hv = self._filled(spec.hvparams)
         except ParamError as exc:
             raise HypervisorError(str(exc), kind=ErrorKind.INVALID) from exc
+        details: dict[str, Any] = {}
+        texts: list[str] = []
         vnc_host, vnc_port = self._vnc_endpoint(layout, spec, hv, node_host)
-        vnc_text = f" VNC: {vnc_host}:{vnc_port}." if vnc_port else ""
+        if vnc_port:
+            details["vnc"] = {
+                "host": vnc_host,
+                "port": vnc_port,
+                "display": vnc_port - VNC_BASE_PORT,
+                "password": bool(hv["vnc_password_file"]),
+                "tls": bool(hv["vnc_tls"]),
+            }
+            texts.append(f" VNC: {vnc_host}:{vnc_port}.")
+        if hv["spice_bind"] and spec.network_port:
+            spice_host = node_host if hv["spice_bind"] in ("0.0.0.0", "::") else hv["spice_bind"]
+            details["spice"] = {
+                "host": spice_host,
+                "port": spec.network_port,
+                "password": bool(hv["spice_password_file"]),
+                "tls": bool(hv["spice_use_tls"]),
+            }
+            texts.append(f" SPICE: {spice_host}:{spec.network_port}.")
+        extra = "".join(texts)
         if hv["serial_console"]:
             return ConsoleInfo(
                 instance=spec.name,
@@ -462,20 +514,26 @@ class Kvm(KvmCore):
                     f"UNIX-CONNECT:{layout.serial_socket}",
                 ],
                 socket=layout.serial_socket,
-                message=f"Serial console of {spec.name}; press Ctrl-] to leave.{vnc_text}",
+                message=f"Serial console of {spec.name}; press Ctrl-] to leave.{extra}",
+                details=details,
             )
-        if hv["vnc_bind_address"]:
-            return ConsoleInfo(
-                instance=spec.name,
-                kind="vnc",
-                host=vnc_host,
-                port=vnc_port,
-                message=f"VNC console of {spec.name}.{vnc_text}",
-            )
+        for kind in ("vnc", "spice"):
+            if kind in details:
+                info = details[kind]
+                return ConsoleInfo(
+                    instance=spec.name,
+                    kind=kind,
+                    host=info["host"],
+                    port=info["port"],
+                    display=info.get("display"),
+                    message=f"{kind.upper()} console of {spec.name}.{extra}",
+                    details=details,
+                )
         return ConsoleInfo(
             instance=spec.name,
             kind="msg",
-            message=f"{spec.name} has no console: serial_console is off and VNC is disabled",
+            message=f"{spec.name} has no console: serial_console is off and neither VNC nor "
+            "SPICE is enabled",
         )
 
     def _vnc_endpoint(
@@ -485,7 +543,7 @@ class Kvm(KvmCore):
         if not address:
             return "", None
         host = node_host if address in ("0.0.0.0", "::") else address
-        if spec.network_port is not None and spec.network_port >= 5900:
+        if spec.network_port is not None and spec.network_port >= VNC_BASE_PORT:
             return host, spec.network_port
         proc = QemuProcess.attach(
             layout, name=spec.name, uuid=spec.uuid, proc=self.proc, qmp_timeout=self.qmp_timeout

@@ -64,6 +64,17 @@ class CpuInfo:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class PciDevice:
+    """One PCI function from ``query-pci`` (devices behind bridges included)."""
+
+    bus: int
+    slot: int
+    function: int
+    qdev_id: str  # "" for built-in devices (host bridge, ISA bridge, ...)
+    desc: str = ""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class VncInfo:
     """The answer of ``query-vnc``."""
 
@@ -257,6 +268,255 @@ class QmpSession:
         if not isinstance(q, dict):
             raise _qmp_error("QMP query-version reply has no qemu member", failure="command")
         return f"{q.get('major')}.{q.get('minor')}.{q.get('micro')}"
+
+    # --- hotplug (used by kvm/hotplug.py) ------------------------------------------------
+
+    async def blockdev_add(self, options: Mapping[str, object]) -> None:
+        """Add a block node (QMP ``blockdev-add``; typed values: booleans are JSON booleans).
+
+        Raises:
+            HypervisorError: QEMU refused (e.g. the image does not exist, a duplicate
+                node-name), with QEMU's message.
+        """
+        await self._execute("blockdev-add", dict(options))
+
+    async def blockdev_del(self, node_name: str) -> None:
+        """Remove a block node no device uses any more.
+
+        Raises:
+            HypervisorError: QEMU refused (unknown node, still in use).
+        """
+        await self._execute("blockdev-del", {"node-name": node_name})
+
+    async def device_add(self, options: Mapping[str, object]) -> None:
+        """Create a device (``driver``, ``id`` and its properties; values may be strings).
+
+        Raises:
+            HypervisorError: QEMU refused (duplicate id, slot in use, bus without hotplug).
+        """
+        await self._execute("device_add", dict(options))
+
+    async def device_del(self, device_id: str, *, timeout: float) -> None:
+        """Unplug a device and wait until the guest released it (``DEVICE_DELETED``).
+
+        ``device_del`` only asks the guest (ACPI / PCIe eject): the listener for the event is
+        registered *before* the command so the event cannot be missed.
+
+        Raises:
+            HypervisorError: the command failed (``error_class`` DeviceNotFound for an
+                unknown id), or qmp_failure ``unplug_timeout`` when the guest did not release
+                the device within ``timeout`` seconds (it is then still attached).
+        """
+        loop = asyncio.get_running_loop()
+        with self._client.listener(("DEVICE_DELETED",)) as listener:
+            await self._execute("device_del", {"id": device_id})
+            deadline = loop.time() + timeout
+            while True:
+                left = deadline - loop.time()
+                if left <= 0:
+                    raise _qmp_error(
+                        f"{self._name}: the guest did not release device {device_id} within "
+                        f"{timeout:g}s (no hotplug support in the guest, or it is paused)",
+                        failure="unplug_timeout",
+                        device=device_id,
+                        timeout=timeout,
+                    )
+                try:
+                    event = await asyncio.wait_for(listener.get(), timeout=left)
+                except TimeoutError:
+                    continue
+                data = event.get("data") or {}
+                # NOTE: virtio devices also report their internal backend object (a "path"
+                # without "device"); only the event naming our id means the device is gone.
+                if isinstance(data, dict) and data.get("device") == device_id:
+                    log.debug("qmp %s <-- DEVICE_DELETED %s", self._name, device_id)
+                    return
+
+    async def closefd(self, fdname: str) -> None:
+        """Close a descriptor passed with :meth:`getfd` that was not used.
+
+        Raises:
+            HypervisorError: QEMU refused (unknown name).
+        """
+        await self._execute("closefd", {"fdname": fdname})
+
+    async def netdev_add(self, options: Mapping[str, object]) -> None:
+        """Create a network backend (``type``, ``id`` and its options).
+
+        Raises:
+            HypervisorError: QEMU refused (duplicate id, tap missing or busy).
+        """
+        await self._execute("netdev_add", dict(options))
+
+    async def netdev_del(self, netdev_id: str) -> None:
+        """Remove a network backend.
+
+        Raises:
+            HypervisorError: QEMU refused (unknown id).
+        """
+        await self._execute("netdev_del", {"id": netdev_id})
+
+    async def set_link(self, name: str, up: bool) -> None:
+        """Set the carrier of a NIC (device id) or network backend (netdev id).
+
+        Raises:
+            HypervisorError: QEMU refused (unknown name).
+        """
+        await self._execute("set_link", {"name": name, "up": bool(up)})
+
+    async def query_pci(self) -> list[PciDevice]:
+        """Every PCI function, devices behind bridges included.
+
+        A bridge the firmware has not numbered yet (guest not booted) shows nothing behind it.
+
+        Raises:
+            HypervisorError: QMP failed or the reply is malformed.
+        """
+        reply = await self._execute("query-pci")
+        if not isinstance(reply, list):
+            raise _qmp_error("QMP query-pci did not return a list", failure="command")
+        out: list[PciDevice] = []
+
+        def walk(devices: object) -> None:
+            for dev in devices if isinstance(devices, list) else []:
+                if not isinstance(dev, dict):
+                    continue
+                info = dev.get("class_info")
+                out.append(
+                    PciDevice(
+                        bus=int(dev.get("bus", 0)),
+                        slot=int(dev.get("slot", 0)),
+                        function=int(dev.get("function", 0)),
+                        qdev_id=str(dev.get("qdev_id") or ""),
+                        desc=str(info.get("desc") or "") if isinstance(info, dict) else "",
+                    )
+                )
+                bridge = dev.get("pci_bridge")
+                if isinstance(bridge, dict):
+                    walk(bridge.get("devices"))
+
+        for bus in reply:
+            if isinstance(bus, dict):
+                walk(bus.get("devices"))
+        return out
+
+    async def query_named_block_nodes(self) -> list[str]:
+        """The node names of every named block node.
+
+        Raises:
+            HypervisorError: QMP failed or the reply is malformed.
+        """
+        reply = await self._execute("query-named-block-nodes", {"flat": True})
+        if not isinstance(reply, list):
+            raise _qmp_error("QMP query-named-block-nodes did not return a list", failure="command")
+        return [str(n["node-name"]) for n in reply if isinstance(n, dict) and "node-name" in n]
+
+    async def peripheral_ids(self) -> set[str]:
+        """Ids of the devices created with an id (``-device``/``device_add``), from QOM.
+
+        Raises:
+            HypervisorError: QMP failed or the reply is malformed.
+        """
+        reply = await self._execute("qom-list", {"path": "/machine/peripheral"})
+        if not isinstance(reply, list):
+            raise _qmp_error("QMP qom-list did not return a list", failure="command")
+        return {
+            str(p["name"])
+            for p in reply
+            if isinstance(p, dict) and str(p.get("type", "")).startswith("child<")
+        }
+
+    # --- migration and save/restore (kvm/migration.py, kvm/lifecycle.py) -------------------
+
+    async def getfd(self, fdname: str, fd: int) -> None:
+        """Hand QEMU an open file descriptor (SCM_RIGHTS) under ``fdname``, for ``fd:`` URIs.
+
+        Raises:
+            HypervisorError: the descriptor could not be sent or QEMU refused it.
+        """
+        try:
+            self._client.send_fd_scm(fd)
+        except (OSError, QMPError, ValueError) as exc:
+            raise _qmp_error(
+                f"cannot pass a file descriptor to {self._name}: {exc}",
+                failure="command",
+                command="getfd",
+            ) from exc
+        await self._execute("getfd", {"fdname": fdname})
+
+    async def migrate_set_parameters(self, parameters: Mapping[str, object]) -> None:
+        """Set migration parameters (``max-bandwidth`` in bytes/s, ``downtime-limit`` in ms).
+
+        Raises:
+            HypervisorError: QMP failed (unknown parameter, value out of range).
+        """
+        await self._execute("migrate-set-parameters", dict(parameters))
+
+    async def migrate(self, uri: str) -> None:
+        """Start an outgoing migration to ``uri`` (returns at once; see :meth:`query_migrate`).
+
+        Raises:
+            HypervisorError: QMP refused to start it (e.g. one is already running).
+        """
+        await self._execute("migrate", {"uri": uri})
+
+    async def migrate_incoming(self, uri: str) -> None:
+        """Start listening for an incoming migration (QEMU started with ``-incoming defer``).
+
+        Raises:
+            HypervisorError: QMP refused (not started with ``-incoming defer``, address in use).
+        """
+        await self._execute("migrate-incoming", {"uri": uri})
+
+    async def migrate_cancel(self) -> None:
+        """Cancel the outgoing migration (a no-op when none runs).
+
+        Raises:
+            HypervisorError: QMP failed.
+        """
+        await self._execute("migrate_cancel")
+
+    async def migrate_set_capabilities(self, capabilities: Mapping[str, bool]) -> None:
+        """Turn migration capabilities on or off (e.g. ``events``: MIGRATION events).
+
+        Raises:
+            HypervisorError: QMP failed (unknown capability, or a migration is running).
+        """
+        caps = [{"capability": name, "state": bool(on)} for name, on in capabilities.items()]
+        await self._execute("migrate-set-capabilities", {"capabilities": caps})
+
+    async def wait_migration(self, timeout: float, *, poll: float = 0.01) -> dict[str, Any]:
+        """``query-migrate`` once the migration is final (or after ``timeout`` seconds).
+
+        Wakes up on QEMU's ``MIGRATION`` events (capability ``events``) and polls every
+        ``poll`` seconds besides, so it also works without the capability.
+
+        Raises:
+            HypervisorError: QMP failed.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max(0.0, timeout)
+        with self._client.listener(("MIGRATION",)) as listener:
+            while True:
+                reply = await self.query_migrate()
+                status = reply.get("status") or "none"
+                left = deadline - loop.time()
+                # NOTE: QEMU 7.2 reports "completed" (and sends the event) a moment, up to
+                # tens of ms, before it fills in total-time and downtime. The caller resumes
+                # the guest on the destination next, so it gets the answer at once; the
+                # figures are in later query-migrate answers.
+                if status in ("completed", "failed", "cancelled", "none") or left <= 0:
+                    return reply
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(listener.get(), timeout=min(poll, left))
+
+    async def query_migrate(self) -> dict[str, Any]:
+        """The raw ``query-migrate`` answer (parsed by ``kvm/migration.parse_query_migrate``).
+
+        Raises:
+            HypervisorError: QMP failed or the reply is not an object.
+        """
+        return _expect_dict(await self._execute("query-migrate"), "query-migrate")
 
 
 class Monitor:

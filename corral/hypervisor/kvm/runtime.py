@@ -6,6 +6,10 @@ Layout (documented in docs/hypervisors/kvm.md)::
     <run_dir>/<instance>/serial.sock    serial console (UNIX socket, QEMU is the server)
     <run_dir>/<instance>/qemu.pid       written by QEMU itself (-pidfile)
     <run_dir>/<instance>/runtime.json   this module's KvmRuntime, mode 0600
+    <run_dir>/<instance>/qmp-events.in  FIFO QEMU's event monitor reads (kvm/events.py)
+    <run_dir>/<instance>/qmp-events.out QMP events QEMU wrote (why it exited)
+    <run_dir>/<instance>/stopping       present while Corral stops the guest
+    <run_dir>/<instance>/migration.json an outgoing or incoming migration in progress
     <run_dir>/.<instance>.lock          per-instance lock (flock), removed when released
     <log_dir>/<instance>.serial.log     everything the guest printed on its serial console
     <log_dir>/<instance>.serial.log.1   the log of the previous start
@@ -80,6 +84,26 @@ class InstanceLayout:
         return os.path.join(self.dir, "runtime.json")
 
     @property
+    def events_pipe(self) -> str:
+        """Prefix of QEMU's event monitor pipe: ``.in`` (a FIFO) and ``.out`` (the log)."""
+        return os.path.join(self.dir, "qmp-events")
+
+    @property
+    def events_log(self) -> str:
+        """QMP events QEMU wrote (greeting, then one JSON object per line)."""
+        return self.events_pipe + ".out"
+
+    @property
+    def stop_marker(self) -> str:
+        """Present while Corral itself stops the guest (so its exit is not the guest's)."""
+        return os.path.join(self.dir, "stopping")
+
+    @property
+    def migration_file(self) -> str:
+        """The state of an outgoing (or incoming) migration, JSON."""
+        return os.path.join(self.dir, "migration.json")
+
+    @property
     def lock_file(self) -> str:
         """The per-instance lock file (outside the instance dir, which gets removed)."""
         return os.path.join(self.run_dir, f".{self.name}.lock")
@@ -117,6 +141,11 @@ class DiskRuntime:
     node_name: str  # the format blockdev node (the device's drive=)
     file_node_name: str  # the protocol blockdev node under it
     device_id: str
+    # PCI placement (kvm/hotplug.py): the bus given to QEMU (pc: "pci.0", q35: the
+    # pcie-root-port id) and the slot on pc; empty/None while QEMU placed it by itself.
+    bus: str = ""
+    slot: int | None = None
+    hotplugged: bool = False  # added to the running guest (its args are in ``argv`` too)
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -131,6 +160,10 @@ class NicRuntime:
     tap: str  # host tap device name; "" when the NIC has no network backend
     netdev_id: str  # "" when the NIC has no network backend
     device_id: str
+    bus: str = ""  # as DiskRuntime.bus
+    slot: int | None = None
+    hotplugged: bool = False
+    link_up: bool = True  # the carrier the guest sees (QMP set_link), re-applied at restarts
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -152,6 +185,12 @@ class KvmRuntime:
     paused_at_start: bool = False
     start_time: float = 0.0
     hvparams: dict[str, Any] = dataclasses.field(default_factory=dict)  # filled, as used
+    #: q35: the spare pcie-root-ports no device uses (None: not computed yet, see
+    #: kvm/pci.py ``free_root_ports``); kept up to date by hotplug.
+    free_ports: list[str] | None = None
+    #: security_model / use_chroot state (kvm/security.py): "uid", "gid", "user", "chroot",
+    #: "owned" ([path, uid, gid] to restore at stop); empty when QEMU runs as root.
+    security: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON-able form."""
@@ -171,6 +210,8 @@ class KvmRuntime:
             "paused_at_start": self.paused_at_start,
             "start_time": self.start_time,
             "hvparams": dict(self.hvparams),
+            "free_ports": None if self.free_ports is None else list(self.free_ports),
+            "security": dict(self.security),
         }
 
     def to_json(self) -> str:
@@ -203,6 +244,12 @@ class KvmRuntime:
                 paused_at_start=bool(data.get("paused_at_start", False)),
                 start_time=float(data.get("start_time", 0.0)),
                 hvparams=dict(data.get("hvparams", {})),
+                free_ports=(
+                    None
+                    if data.get("free_ports") is None
+                    else [str(p) for p in data["free_ports"]]
+                ),
+                security=dict(data.get("security") or {}),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise HypervisorError(

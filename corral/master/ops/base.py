@@ -200,4 +200,10 @@ def operation_class(op_id: str) -> type[Operation[Any]]:
 
 def load_operations() -> None:
     """Import every operation module so they register themselves."""
-    from corral.master.ops import instance, instance_modify, instance_query, misc  # noqa: F401
+    from corral.master.ops import (  # noqa: F401
+        instance,
+        instance_modify,
+        instance_power,
+        instance_query,
+        misc,
+    )

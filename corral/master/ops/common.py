@@ -215,6 +215,13 @@ async def ensure_not_running(ctx: OpContext, node: Node, instance: Instance, wha
     """
     from corral.objects.instance import AdminState
 
+    if instance.suspended:
+        raise OpError(
+            f"instance {instance.name} is suspended; unsuspend it (or stop it, which discards "
+            f"its saved state) before {what}",
+            kind=ErrorKind.WRONG_STATE,
+            instance=instance.name,
+        )
     if instance.admin_state is AdminState.UP:
         raise OpError(
             f"instance {instance.name} is marked to be up; shut it down before {what}",

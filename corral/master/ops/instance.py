@@ -10,6 +10,7 @@ import functools
 from typing import Any, TypeVar
 
 from corral.common.errors import ErrorKind, OpError, ParamError
+from corral.hypervisor.base import InstanceState
 from corral.master.locking import LockMode, instance_lock, node_lock
 from corral.master.ops.base import Operation, register
 from corral.master.ops.common import (
@@ -47,6 +48,7 @@ from corral.objects.opcodes import (
     OpInstanceShutdown,
     OpInstanceStartup,
 )
+from corral.objects.params.cpumask import cpu_mask_problem
 from corral.objects.params.fill import filled_beparams, filled_diskparams, filled_hvparams
 from corral.objects.params.schemas import DISKPARAMS, NICPARAMS
 from corral.objects.units import MAX_SIZE_MIB, check_name
@@ -133,12 +135,14 @@ class InstanceOperation(Operation[IOpT]):
         """The reason sent with node RPCs."""
         return reason_text(self.ctx.job_id, self.op.OP_ID)
 
-    def set_admin_state(self, state: AdminState) -> None:
-        """Record the administrator's wish for the instance in the store."""
+    def set_admin_state(
+        self, state: AdminState, source: AdminStateSource = AdminStateSource.ADMIN
+    ) -> None:
+        """Record the wish for the instance in the store (``source``: who wants it)."""
 
         def change(inst: Instance) -> None:
             inst.admin_state = state
-            inst.admin_state_source = AdminStateSource.ADMIN
+            inst.admin_state_source = source
 
         self.instance = self.ctx.config.modify_instance(self.instance.name, change)
 
@@ -280,6 +284,11 @@ class InstanceCreate(Operation[OpInstanceCreate]):
         )
         be = filled_beparams(cluster, self.instance)
         check_memory_range(be)
+        mask_problem = cpu_mask_problem(
+            str(filled_hvparams(cluster, self.instance).get("cpu_mask", "all")), int(be["vcpus"])
+        )
+        if mask_problem:
+            raise ParamError({"cpu_mask": mask_problem}, context="hvparams")
         runner = self.ctx.runner
         self._hv_check_after_install = False
         try:
@@ -552,6 +561,13 @@ class InstanceStartup(InstanceOperation[OpInstanceStartup]):
         inst = self.instance
         if inst.admin_state is AdminState.OFFLINE:
             raise OpError(f"instance {inst.name} is marked offline", kind=ErrorKind.WRONG_STATE)
+        if inst.suspended:
+            raise OpError(
+                f"instance {inst.name} is suspended; use unsuspend to restore it (or stop it "
+                "first to discard its saved state)",
+                kind=ErrorKind.WRONG_STATE,
+                instance=inst.name,
+            )
         self._hv = {
             k: v
             for k, v in check_hvparams(inst.hypervisor, self.op.hvparams).items()
@@ -609,6 +625,7 @@ class InstanceShutdown(InstanceOperation[OpInstanceShutdown]):
     HPATH = "instance-stop"
 
     _running: bool = False
+    _powered_off: bool = False
 
     def check_arguments(self) -> None:
         """A non-negative timeout."""
@@ -622,17 +639,28 @@ class InstanceShutdown(InstanceOperation[OpInstanceShutdown]):
     async def check_prereq(self) -> None:
         """Find out whether it runs."""
         await super().check_prereq()
-        self._running = is_running(await live_info(self.ctx, self.pnode, self.instance))
+        info = await live_info(self.ctx, self.pnode, self.instance)
+        self._running = is_running(info)
+        self._powered_off = info is not None and info.state is InstanceState.SHUTDOWN
 
     async def execute(self) -> Any:
         """Mark down (unless ``no_remember``), then stop: soft for ``timeout`` s, then hard.
 
-        If the stop fails the admin state is put back as it was.
+        If the stop fails the admin state is put back as it was. With
+        ``admin_state_source=user`` (the watcher, after the guest powered itself off) nothing
+        happens unless the guest is still powered off: an instance started again meanwhile
+        is left alone. A suspended instance loses its saved state.
         """
         inst = self.instance
+        source = AdminStateSource(self.op.admin_state_source)
+        if source is AdminStateSource.USER and not self._powered_off:
+            self.feedback(f"instance {inst.name} is not powered off by its user; nothing to do")
+            return None
         before = inst.admin_state
-        if not self.op.no_remember and before is not AdminState.DOWN:
-            self.set_admin_state(AdminState.DOWN)
+        if not self.op.no_remember and (
+            before is not AdminState.DOWN or inst.admin_state_source is not source
+        ):
+            self.set_admin_state(AdminState.DOWN, source)
         if not self._running:
             self.feedback(f"instance {inst.name} is not running")
         else:
@@ -654,6 +682,14 @@ class InstanceShutdown(InstanceOperation[OpInstanceShutdown]):
             if self.instance.admin_state is not before:
                 self.set_admin_state(before)
             raise
+        if self.instance.suspended:
+
+            def forget(i: Instance) -> None:
+                i.suspended = False
+                i.suspend_file = ""
+
+            self.instance = self.ctx.config.modify_instance(inst.name, forget)
+            self.feedback(f"discarded the saved state of {inst.name}")
         return None
 
 

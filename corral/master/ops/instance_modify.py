@@ -28,6 +28,7 @@ from corral.master.ops.common import (
     volume_spec,
 )
 from corral.master.ops.instance import InstanceOperation
+from corral.master.ops.instance_devices import DeviceChanges, DeviceMod, parse_mods
 from corral.objects.instance import Instance
 from corral.objects.opcodes import (
     OpInstanceGrowDisk,
@@ -35,12 +36,14 @@ from corral.objects.opcodes import (
     OpInstanceRename,
     OpInstanceSetParams,
 )
+from corral.objects.params.cpumask import cpu_mask_problem
 from corral.objects.params.fill import filled_beparams, filled_hvparams
 from corral.rpc.calls import (
     BLOCKDEV_GROW,
     BLOCKDEV_RENAME,
     HV_VALIDATE,
     INSTANCE_BALLOON,
+    INSTANCE_PIN_CPUS,
     OS_CREATE,
     OS_RENAME,
     OS_VERIFY,
@@ -48,6 +51,7 @@ from corral.rpc.calls import (
     BlockdevRenameRequest,
     HvValidateRequest,
     InstanceBalloonRequest,
+    InstancePinCpusRequest,
     OsCreateRequest,
     OsRenameRequest,
     OsVerifyRequest,
@@ -72,20 +76,32 @@ class InstanceSetParams(InstanceOperation[OpInstanceSetParams]):
     _be: dict[str, Any]
     _hv: dict[str, Any]
     _os: dict[str, str]
+    _mods: list[DeviceMod]
+    _devices: DeviceChanges | None = None
+    _pin: str | None = None  # a new cpu_mask to apply to the running guest
 
     def check_arguments(self) -> None:
-        """Something to change; syntax of beparams, osparams, OS name, runtime memory."""
+        """Something to change; syntax of params, OS name, runtime memory, disk/NIC changes."""
         op = self.op
         if not (
-            op.hvparams or op.beparams or op.osparams or op.os_name or op.runtime_mem is not None
+            op.hvparams
+            or op.beparams
+            or op.osparams
+            or op.os_name
+            or op.runtime_mem is not None
+            or op.disks
+            or op.nics
         ):
             raise OpError("no changes submitted", kind=ErrorKind.INVALID)
+        self._mods = parse_mods("disk", op.disks) + parse_mods("nic", op.nics)
         self._be = check_beparams(op.beparams)
         self._os = check_osparams({k: v for k, v in op.osparams.items() if v is not None})
         if op.os_name is not None:
             check_os_name(op.os_name, "os_name")
         if op.runtime_mem is not None and op.runtime_mem <= 0:
             raise ParamError({"runtime_mem": f"must be positive, got {op.runtime_mem}"})
+        if op.hotplug is True and not self._mods:
+            raise ParamError({"hotplug": "only disk and NIC changes can be hot-plugged"})
 
     def hook_vars(self) -> dict[str, str]:
         """RUNTIME_MEMORY (when ballooning) and NEW_DISK_TEMPLATE (never changed here)."""
@@ -101,6 +117,8 @@ class InstanceSetParams(InstanceOperation[OpInstanceSetParams]):
         inst.osparams = merge_params(inst.osparams, {**self._os, **removed})
         if self.op.os_name:
             inst.os = self.op.os_name
+        if self._devices is not None:
+            self._devices.apply(inst)
 
     async def check_prereq(self) -> None:
         """Check the changed parameters; the node must accept them.
@@ -115,6 +133,28 @@ class InstanceSetParams(InstanceOperation[OpInstanceSetParams]):
         self._apply(future)
         be = filled_beparams(cluster, future)
         check_memory_range(be)
+        hv_filled = filled_hvparams(cluster, future)
+        mask = hv_filled.get("cpu_mask")
+        if isinstance(mask, str) and (self._hv.get("cpu_mask") or "vcpus" in self._be):
+            problem = cpu_mask_problem(mask, int(be["vcpus"]))
+            if problem:
+                raise ParamError({"cpu_mask": problem}, context="hvparams")
+        running: bool | None = None
+        if "cpu_mask" in self._hv and isinstance(mask, str):
+            running = is_running(await live_info(self.ctx, self.pnode, inst))
+            self._pin = mask if running else None
+        if self._mods:
+            if running is None:
+                running = is_running(await live_info(self.ctx, self.pnode, inst))
+            self._devices = DeviceChanges(
+                self.ctx,
+                cluster,
+                inst,
+                self.pnode,
+                self._mods,
+                None if op.hotplug_if_possible and not op.hotplug else op.hotplug,
+            )
+            await self._devices.prepare(running)
         if self._hv:
             await self.ctx.runner.call(
                 self.pnode,
@@ -168,34 +208,66 @@ class InstanceSetParams(InstanceOperation[OpInstanceSetParams]):
                 )
 
     async def execute(self) -> Any:
-        """Balloon first (if asked), then store the parameter changes.
+        """Disk/NIC changes, then ballooning and a new CPU mask, then one store transaction.
+
+        Node steps (created disks, hotplug, pinning) are undone in reverse order when a later
+        step or the store update fails; volumes of removed disks are deleted only after the
+        store was updated (instance_devices.py).
 
         Returns:
             Ganeti-style list of ``[parameter, new value]`` pairs.
         """
         op, inst = self.op, self.instance
         changes: list[list[Any]] = []
-        if op.runtime_mem is not None:
-            self.feedback(f"setting the memory of {inst.name} to {op.runtime_mem} MiB")
-            resp = await self.ctx.runner.call(
-                self.pnode,
-                INSTANCE_BALLOON,
-                InstanceBalloonRequest(
-                    name=inst.name, hypervisor=inst.hypervisor, memory=op.runtime_mem
-                ),
-            )
-            changes.append(["runtime_memory", resp.memory])
+        undo = AsyncUndo(self.ctx)
+        try:
+            if self._devices is not None:
+                changes += await self._devices.execute(undo)
+            if op.runtime_mem is not None:
+                self.feedback(f"setting the memory of {inst.name} to {op.runtime_mem} MiB")
+                resp = await self.ctx.runner.call(
+                    self.pnode,
+                    INSTANCE_BALLOON,
+                    InstanceBalloonRequest(
+                        name=inst.name, hypervisor=inst.hypervisor, memory=op.runtime_mem
+                    ),
+                )
+                changes.append(["runtime_memory", resp.memory])
+            if self._pin is not None:
+                await self._pin_cpus(self._pin, undo)
+            if self._be or self._hv or op.osparams or op.os_name or self._devices is not None:
+                self.instance = self.ctx.config.modify_instance(inst.name, self._apply)
+            undo.clear()
+        except BaseException:
+            await undo.rollback()
+            raise
+        if self._devices is not None:
+            await self._devices.after_commit()
+        changes += [[f"be/{k}", v if v is not None else "default"] for k, v in self._be.items()]
+        changes += [[f"hv/{k}", v if v is not None else "default"] for k, v in self._hv.items()]
+        changes += [[f"os/{k}", v if v is not None else "default"] for k, v in op.osparams.items()]
+        if op.os_name:
+            changes.append(["os", op.os_name])
         if self._be or self._hv or op.osparams or op.os_name:
-            self.instance = self.ctx.config.modify_instance(inst.name, self._apply)
-            changes += [[f"be/{k}", v if v is not None else "default"] for k, v in self._be.items()]
-            changes += [[f"hv/{k}", v if v is not None else "default"] for k, v in self._hv.items()]
-            changes += [
-                [f"os/{k}", v if v is not None else "default"] for k, v in op.osparams.items()
-            ]
-            if op.os_name:
-                changes.append(["os", op.os_name])
-            self.feedback("parameters stored; hypervisor changes apply at the next start")
+            later = "other hypervisor changes" if self._pin is not None else "hypervisor changes"
+            self.feedback(f"parameters stored; {later} apply at the next start")
         return changes
+
+    async def _pin_cpus(self, mask: str, undo: AsyncUndo) -> None:
+        """Apply a new ``cpu_mask`` to the running guest; undo restores the old one."""
+        inst = self.instance
+        old = str(filled_hvparams(self.cluster, inst).get("cpu_mask", "all"))
+
+        async def pin(value: str) -> None:
+            await self.ctx.runner.call(
+                self.pnode,
+                INSTANCE_PIN_CPUS,
+                InstancePinCpusRequest(name=inst.name, hypervisor=inst.hypervisor, cpu_mask=value),
+            )
+
+        self.feedback(f"pinning the vCPUs of {inst.name}: cpu_mask {mask}")
+        await pin(mask)
+        undo.add("CPU pinning", lambda: pin(old))
 
 
 @register

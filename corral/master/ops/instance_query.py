@@ -6,13 +6,13 @@ import asyncio
 from typing import Any
 
 from corral.common.errors import CorralError, ErrorKind, OpError
-from corral.hypervisor.base import InstanceInfo
+from corral.hypervisor.base import InstanceInfo, InstanceState
 from corral.master.locking import CLUSTER_LOCK, LockMode, instance_lock
 from corral.master.ops.base import Operation, register
 from corral.master.ops.common import instance_spec, is_running, volume_spec
 from corral.master.ops.instance import InstanceOperation
 from corral.objects.cluster import Cluster
-from corral.objects.instance import AdminState, Instance
+from corral.objects.instance import AdminState, AdminStateSource, Instance
 from corral.objects.node import Node
 from corral.objects.opcodes import OpInstanceConsole, OpInstanceQueryData
 from corral.objects.params.fill import filled_beparams, filled_hvparams, filled_nicparams
@@ -26,15 +26,22 @@ from corral.rpc.calls import (
 )
 
 
-def oper_state_name(instance: Instance, running: bool | None) -> str:
-    """Ganeti's status word from admin state and run state (``running`` None: unknown)."""
+def oper_state_name(instance: Instance, running: bool | None, *, powered_off: bool = False) -> str:
+    """Ganeti's status word from admin state and run state (``running`` None: unknown).
+
+    ``powered_off``: the node reports the guest powered itself off (``USER_down``).
+    """
     if running is None:
         return "ERROR_nodedown"
     if instance.admin_state is AdminState.OFFLINE:
         return "ERROR_up" if running else "ADMIN_offline"
     if instance.admin_state is AdminState.UP:
-        return "running" if running else "ERROR_down"
-    return "ERROR_up" if running else "ADMIN_down"
+        if running:
+            return "running"
+        return "USER_down" if powered_off else "ERROR_down"
+    if running:
+        return "ERROR_up"
+    return "USER_down" if instance.admin_state_source is AdminStateSource.USER else "ADMIN_down"
 
 
 @register
@@ -144,7 +151,17 @@ class InstanceQueryData(Operation[OpInstanceQueryData]):
             "config_state": inst.admin_state.value,
             "admin_state_source": inst.admin_state_source.value,
             "run_state": run_state,
-            "oper_state": None if self.op.static else oper_state_name(inst, running),
+            "oper_state": None
+            if self.op.static
+            else oper_state_name(
+                inst,
+                running,
+                powered_off=live is not None and live.state is InstanceState.SHUTDOWN,
+            ),
+            # Corral: paused/shutdown as the hypervisor sees it; the saved state of suspend
+            "hv_state": live.state.value if live is not None else None,
+            "suspended": inst.suspended,
+            "suspend_file": inst.suspend_file or None,
             "pnode": inst.primary_node,
             "pnode_group": node.group if node else None,
             "snodes": list(inst.secondary_nodes),

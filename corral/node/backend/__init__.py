@@ -19,6 +19,8 @@ blockdev       create/remove/grow/find/rename/sizes through the storage drivers
 osdef          OS definitions: discovery, validation, the OS API environment
 osrun          running OS scripts (log files, timeouts, qcow2 raw views)
 hooks          the hooks runner (``<hooks_dir>/<hpath>-<phase>.d/``)
+power          pause/resume, suspend to disk and restore (Corral extensions)
+migration      both sides of a migration: info, accept, migrate, status, finalize, abort
 =============  ===============================================================================
 """
 
@@ -35,8 +37,12 @@ from corral.node.backend import info as node_info_mod
 from corral.node.backend.blockdev import Blockdevs, StorageGetter
 from corral.node.backend.hooks import DEFAULT_HOOK_TIMEOUT, HooksRunner
 from corral.node.backend.instances import InstanceLocks, Instances
+from corral.node.backend.migration import Migrations
 from corral.node.backend.osrun import OsScripts
+from corral.node.backend.power import Power
 from corral.rpc.calls import (
+    AbortMigrationRequest,
+    AcceptInstanceRequest,
     AllInstancesInfoResponse,
     BlockdevGrowRequest,
     BlockdevInfoResponse,
@@ -45,6 +51,8 @@ from corral.rpc.calls import (
     BlockdevSizesRequest,
     BlockdevSizesResponse,
     Empty,
+    FinalizeMigrationDstRequest,
+    FinalizeMigrationSrcRequest,
     HooksRunRequest,
     HooksRunResponse,
     HvValidateRequest,
@@ -54,13 +62,25 @@ from corral.rpc.calls import (
     InstanceBalloonResponse,
     InstanceConsoleRequest,
     InstanceConsoleResponse,
+    InstanceHotplugRequest,
+    InstanceHotplugResponse,
     InstanceInfoRequest,
     InstanceInfoResponse,
     InstanceListRequest,
     InstanceListResponse,
+    InstancePinCpusRequest,
+    InstancePowerRequest,
     InstanceRebootRequest,
     InstanceShutdownRequest,
     InstanceStartRequest,
+    InstanceSuspendRequest,
+    InstanceSuspendResponse,
+    InstanceUnsuspendRequest,
+    MigrateInstanceRequest,
+    MigrationInfoRequest,
+    MigrationInfoResponse,
+    MigrationStatusRequest,
+    MigrationStatusResponse,
     NodeInfoRequest,
     NodeInfoResponse,
     OsCreateRequest,
@@ -109,6 +129,8 @@ class NodeBackend:
         self.blockdevs = Blockdevs(self._get_storage)
         self.instances = Instances(self._get_hv, self.blockdevs, self.locks)
         self.oses = OsScripts(paths, node_name, self.blockdevs, self.locks)
+        self.power = Power(paths.data_dir, self._get_hv, self.instances, self.locks)
+        self.migrations = Migrations(self._get_hv, self.instances, self.locks)
         self.hooks = HooksRunner(
             paths.hooks_dir,
             timeout=DEFAULT_HOOK_TIMEOUT if hook_timeout is None else hook_timeout,
@@ -222,6 +244,9 @@ class NodeBackend:
         if req.reason:
             log.info("stopping %s: %s", req.name, req.reason)
         self.instances.shutdown(req.name, req.hypervisor, timeout=req.timeout, force=req.force)
+        # NOTE: a stopped instance has no saved state to come back to: a suspended instance
+        # that is shut down (or removed) loses it, as documented for suspend.
+        self.power.discard(req.name, req.hypervisor)
         return Empty()
 
     def instance_reboot(self, req: InstanceRebootRequest) -> Empty:
@@ -255,6 +280,149 @@ class NodeBackend:
             HypervisorError: the instance has no such console.
         """
         return InstanceConsoleResponse(console=self.instances.console(req.instance, req.node_host))
+
+    def instance_hotplug(self, req: InstanceHotplugRequest) -> InstanceHotplugResponse:
+        """Hot-add/remove/modify a device of a running instance (``check``: can it?).
+
+        Raises:
+            HypervisorError: not supported (INVALID), not running (WRONG_STATE), no such
+                device (NOT_FOUND), or the driver failed (a failed add leaves nothing behind).
+            StorageError: the disk to add is missing. ParamError: an incomplete request.
+        """
+        return self.instances.hotplug(req)
+
+    def instance_pin_cpus(self, req: InstancePinCpusRequest) -> Empty:
+        """Pin a running instance's vCPUs (``cpu_mask`` syntax; ``all`` unpins).
+
+        Raises:
+            HypervisorError: not supported, not running, or a mask the node cannot honour.
+        """
+        self.instances.pin_cpus(req.name, req.hypervisor, req.cpu_mask)
+        return Empty()
+
+    # --- pause, suspend (Corral extensions) -------------------------------------------------
+
+    def instance_pause(self, req: InstancePowerRequest) -> Empty:
+        """Stop a running instance's vCPUs (a paused one stays paused).
+
+        Raises:
+            HypervisorError: not supported (INVALID), not running (WRONG_STATE), or failed.
+        """
+        if req.reason:
+            log.info("pausing %s: %s", req.name, req.reason)
+        self.power.pause(req.name, req.hypervisor)
+        return Empty()
+
+    def instance_resume(self, req: InstancePowerRequest) -> Empty:
+        """Let a paused instance run again (a running one is left alone).
+
+        Raises:
+            HypervisorError: not supported (INVALID), not paused (WRONG_STATE), or failed.
+        """
+        if req.reason:
+            log.info("resuming %s: %s", req.name, req.reason)
+        self.power.resume(req.name, req.hypervisor)
+        return Empty()
+
+    def instance_suspend(self, req: InstanceSuspendRequest) -> InstanceSuspendResponse:
+        """Save a running instance to a state file on this node and stop it.
+
+        Raises:
+            HypervisorError: not supported (INVALID), not running (WRONG_STATE), a saved state
+                exists (EXISTS), or the save failed (the instance runs on, no file is left).
+        """
+        if req.reason:
+            log.info("suspending %s: %s", req.name, req.reason)
+        return InstanceSuspendResponse(state_file=self.power.suspend(req.name, req.hypervisor))
+
+    def instance_unsuspend(self, req: InstanceUnsuspendRequest) -> Empty:
+        """Start an instance from the state file ``instance_suspend`` wrote (then removed).
+
+        Raises:
+            ParamError: not this node's state file of the instance. StorageError: a disk is
+                missing. HypervisorError: already running, no saved state (NOT_FOUND), or the
+                restore failed (the state file is kept).
+        """
+        if req.reason:
+            log.info("unsuspending %s: %s", req.instance.name, req.reason)
+        self.power.unsuspend(req.instance, req.disks, req.state_file)
+        return Empty()
+
+    # --- migration ---------------------------------------------------------------------------
+
+    def migration_info(self, req: MigrationInfoRequest) -> MigrationInfoResponse:
+        """The runtime of a running instance, for the destination (opaque to the master).
+
+        Raises:
+            HypervisorError: not supported (INVALID) or not running (WRONG_STATE).
+        """
+        return MigrationInfoResponse(info=self.migrations.info(req.name, req.hypervisor))
+
+    def accept_instance(self, req: AcceptInstanceRequest) -> Empty:
+        """Start a migration's destination paused, listening on ``listen_host:port``.
+
+        Raises:
+            StorageError: a disk is missing here. HypervisorError: not supported, already
+                running here, unusable info, or QEMU refused (nothing is left behind).
+        """
+        self.migrations.accept(
+            req.instance, req.disks, req.info, listen_host=req.listen_host, port=req.port
+        )
+        return Empty()
+
+    def migrate_instance(self, req: MigrateInstanceRequest) -> Empty:
+        """Start sending a running instance to an accepting destination (returns at once).
+
+        Raises:
+            HypervisorError: not supported, not running, already migrating, or refused.
+        """
+        self.migrations.migrate(
+            req.name,
+            req.hypervisor,
+            target_host=req.target_host,
+            port=req.port,
+            live=req.live,
+            bandwidth_mib=req.bandwidth_mib,
+            downtime_ms=req.downtime_ms,
+        )
+        return Empty()
+
+    def migration_status(self, req: MigrationStatusRequest) -> MigrationStatusResponse:
+        """Progress of an outgoing migration (``wait``: answer once it is final).
+
+        Raises:
+            HypervisorError: not supported, or the instance does not run here.
+        """
+        status = self.migrations.status(req.name, req.hypervisor, wait=req.wait)
+        return MigrationStatusResponse(status=status)
+
+    def finalize_migration_src(self, req: FinalizeMigrationSrcRequest) -> Empty:
+        """Source after a migration: quit it (success) or resume it (failure).
+
+        Raises:
+            HypervisorError: (success) the migration did not complete, the source is kept;
+                (failure) the source is gone or could not be resumed.
+        """
+        self.migrations.finalize_source(req.name, req.hypervisor, success=req.success)
+        return Empty()
+
+    def finalize_migration_dst(self, req: FinalizeMigrationDstRequest) -> Empty:
+        """Destination after a migration: run the guest (success) or kill it (failure).
+
+        Raises:
+            HypervisorError: (success) the state did not arrive or the guest cannot run.
+        """
+        self.migrations.finalize_target(req.instance, success=req.success)
+        return Empty()
+
+    def abort_migration(self, req: AbortMigrationRequest) -> Empty:
+        """Cancel an outgoing migration; the source runs on.
+
+        Raises:
+            HypervisorError: not running, or the migration already completed (WRONG_STATE).
+        """
+        self.migrations.abort(req.name, req.hypervisor)
+        return Empty()
 
     # --- block devices ---------------------------------------------------------------------
 

@@ -26,7 +26,7 @@ from corral.hypervisor.base import (
     InstanceState,
 )
 from corral.node.backend.blockdev import Blockdevs
-from corral.rpc.calls import DiskRef
+from corral.rpc.calls import DiskRef, InstanceHotplugRequest, InstanceHotplugResponse
 from corral.storage.base import VolumeInfo, VolumeSpec
 
 log = logging.getLogger(__name__)
@@ -248,3 +248,88 @@ class Instances:
             )
         with self.locks.hold(name):
             return hv.balloon(name, memory)
+
+    # --- devices and pinning ---------------------------------------------------------------
+
+    def hotplug(self, req: InstanceHotplugRequest) -> InstanceHotplugResponse:
+        """Hot-add/remove/modify one device of a running instance, or ``check`` whether it can.
+
+        ``check`` answers (never raises for "no"): the driver has the capability for the
+        device kind and the instance runs. For ``add`` of a disk, the :class:`DiskRef` is
+        resolved to an :class:`AttachedDisk` by its storage driver, as :meth:`start` does.
+
+        Raises:
+            ParamError: the request lacks what its action needs.
+            StorageError: the disk to add does not exist (NOT_FOUND).
+            HypervisorError: the driver refused: not supported (INVALID), not running
+                (WRONG_STATE), no such device (NOT_FOUND), or it failed (nothing left behind
+                for an add).
+        """
+        hv = self._get_hv(req.hypervisor)
+        caps = hv.CAPABILITIES
+        capable = caps.hotplug_disk if req.device == "disk" else caps.hotplug_nic
+        if req.action == "check":
+            if not capable:
+                return InstanceHotplugResponse(
+                    supported=False,
+                    reason=f"{req.device} hotplug is not supported by the {req.hypervisor} "
+                    "hypervisor",
+                )
+            info = hv.instance_info(req.name)
+            if info is None or info.state not in (InstanceState.RUNNING, InstanceState.PAUSED):
+                return InstanceHotplugResponse(
+                    supported=False, reason=f"instance {req.name} is not running"
+                )
+            return InstanceHotplugResponse()
+        with self.locks.hold(req.name):
+            if req.device == "disk":
+                self._hotplug_disk(hv, req)
+            else:
+                self._hotplug_nic(hv, req)
+        log.info("%s: hotplug %s %s done", req.name, req.action, req.device)
+        return InstanceHotplugResponse()
+
+    def _hotplug_disk(self, hv: Hypervisor, req: InstanceHotplugRequest) -> None:
+        if req.action == "add":
+            if req.disk is None:
+                raise ParamError({"disk": "adding a disk needs the disk"})
+            (attached,) = self.attach_disks([req.disk])
+            hv.hotplug_add_disk(req.name, attached)
+        elif req.action == "remove":
+            if req.index is None and not req.uuid:
+                raise ParamError({"index": "removing a disk needs its index or uuid"})
+            hv.hotplug_remove_disk(req.name, -1 if req.index is None else req.index, req.uuid)
+        else:
+            raise ParamError({"action": "disks cannot be modified while the instance runs"})
+
+    def _hotplug_nic(self, hv: Hypervisor, req: InstanceHotplugRequest) -> None:
+        index = -1 if req.index is None else req.index
+        if req.action == "add":
+            if req.nic is None:
+                raise ParamError({"nic": "adding a NIC needs the NIC"})
+            hv.hotplug_add_nic(req.name, req.nic)
+        elif req.action == "remove":
+            if req.index is None and not req.uuid:
+                raise ParamError({"index": "removing a NIC needs its index or uuid"})
+            hv.hotplug_remove_nic(req.name, index, req.uuid)
+        else:
+            if req.nic is None and req.link_up is None:
+                raise ParamError({"nic": "modifying a NIC needs the NIC or link_up"})
+            if req.nic is not None:
+                hv.hotplug_modify_nic(req.name, req.nic)
+                index, uuid = req.nic.index, req.nic.uuid
+            else:
+                uuid = req.uuid
+            if req.link_up is not None:
+                hv.set_nic_link(req.name, index, uuid, req.link_up)
+
+    def pin_cpus(self, name: str, hypervisor: str, cpu_mask: str) -> None:
+        """Pin a running instance's vCPUs (Ganeti mask syntax).
+
+        Raises:
+            HypervisorError: not supported (INVALID), not running (WRONG_STATE), or a mask
+                the node cannot honour (INVALID, ``fields["param"] == "cpu_mask"``).
+        """
+        hv = self._get_hv(hypervisor)
+        with self.locks.hold(name):
+            hv.pin_cpus(name, cpu_mask)

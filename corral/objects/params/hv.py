@@ -6,9 +6,13 @@ drivers. Each driver's ``validate_params`` does the environment phase on the nod
 
 from __future__ import annotations
 
+import ipaddress
 import re
+import shlex
+from collections.abc import Callable, Mapping
 from typing import Any
 
+from corral.objects.params.cpumask import CPU_MASK_ALL, check_cpu_mask_syntax
 from corral.objects.params.spec import (
     ParamSpec,
     Schema,
@@ -21,7 +25,30 @@ from corral.objects.params.spec import (
     in_range,
 )
 
-_SAFE_TEXT = re.compile(r"^[^\0\n]*$")
+# NOTE: \Z, not $: "$" also matches before a trailing newline.
+_SAFE_TEXT = re.compile(r"\A[^\0\n]*\Z")
+
+#: Device models per ``disk_type`` / ``nic_type`` / ``cdrom_disk_type`` (QEMU ``-device`` names).
+KVM_DISK_MODELS = {"paravirtual": "virtio-blk-pci", "scsi": "scsi-hd", "ide": "ide-hd"}
+KVM_CDROM_MODELS = {"ide": "ide-cd", "scsi": "scsi-cd"}
+KVM_NIC_MODELS = {
+    "paravirtual": "virtio-net-pci",
+    "e1000": "e1000",
+    "e1000e": "e1000e",
+    "rtl8139": "rtl8139",
+    "i82551": "i82551",
+    "i82557b": "i82557b",
+    "i82559er": "i82559er",
+    "pcnet": "pcnet",
+    "ne2k_pci": "ne2k_pci",
+}
+#: ``soundhw`` -> the devices that make it (controller first, then codecs).
+KVM_SOUND_MODELS = {
+    "hda": ("intel-hda", "hda-duplex"),
+    "ich9-hda": ("ich9-intel-hda", "hda-duplex"),
+    "ac97": ("AC97",),
+    "es1370": ("ES1370",),
+}
 
 
 def _no_control(value: Any) -> str | None:
@@ -30,31 +57,32 @@ def _no_control(value: Any) -> str | None:
     return None
 
 
-def _boot_order(value: Any) -> str | None:
-    return None if value in ("disk", "cdrom", "network") else "must be disk, cdrom or network"
-
-
 def _ip_or_empty(value: Any) -> str | None:
-    import ipaddress
-
     if not value:
         return None
     try:
         ipaddress.ip_address(value)
     except ValueError:
-        return f"must be an IP address, got {value!r}"
+        return f"must be an IP address (IPv4 or IPv6) or empty, got {value!r}"
     return None
 
 
 def _machine(value: Any) -> str | None:
-    if value and not re.match(r"^[A-Za-z0-9._-]+$", value):
-        return f"not a machine type: {value!r}"
+    if value and not re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]*$", value):
+        return (
+            f"must be a QEMU machine type (pc, q35, pc-i440fx-7.2, pc-q35-7.2, ...: letters, "
+            f"digits, '.', '_', '-') or empty for QEMU's default, got {value!r}"
+        )
     return None
 
 
 def _cpu_type(value: Any) -> str | None:
-    if value and not re.match(r"^[A-Za-z0-9._+,=-]+$", value):
-        return f"not a CPU model: {value!r}"
+    # NOTE: commas are allowed on purpose: -cpu takes "model,+flag,-flag,prop=value".
+    if value and not re.match(r"^[A-Za-z0-9][A-Za-z0-9._+,=-]*$", value):
+        return (
+            f"must be a QEMU CPU model with optional ,+flag/,-flag/,prop=value (letters, "
+            f"digits, '.', '_', '+', '=', ',', '-'), got {value!r}"
+        )
     return None
 
 
@@ -62,30 +90,126 @@ def _required(value: Any) -> str | None:
     return None if value else "must not be empty"
 
 
+def as_image(raw: Any) -> str:
+    """An absolute path, an ``http(s)://`` URL, or "" for none.
+
+    Raises:
+        ValueError: anything else (the reason names the accepted forms).
+    """
+    value = as_str(raw)
+    if not value:
+        return value
+    if "\0" in value or "\n" in value or any(c.isspace() for c in value):
+        raise ValueError("must not contain whitespace, NUL or newline characters")
+    if value.startswith("/"):
+        return value
+    if re.match(r"^https?://[^/\s]+(/\S*)?$", value):
+        return value
+    raise ValueError(
+        f"must be an absolute path or an http:// or https:// URL (or empty), got {value!r}"
+    )
+
+
+def is_url(value: str) -> bool:
+    """Whether an image parameter value is a URL (not a local path)."""
+    return value.startswith(("http://", "https://"))
+
+
+def _keymap(value: Any) -> str | None:
+    if value and not re.match(r"^[a-z]{2,4}(-[a-z]{2,8})*$", value):
+        return f"must be a QEMU keymap name such as en-us, de, fr-ch (or empty), got {value!r}"
+    return None
+
+
+_USB_DEVICE = re.compile(r"^usb-[a-z0-9][a-z0-9-]*$")
+
+
+def usb_device_list(value: str) -> list[str]:
+    """The USB device models in a ``usb_devices`` value (comma or space separated)."""
+    return [item for item in re.split(r"[,\s]+", value) if item]
+
+
+def _usb_devices(value: Any) -> str | None:
+    bad = [item for item in usb_device_list(value) if not _USB_DEVICE.match(item)]
+    if bad:
+        return (
+            f"must be QEMU USB device models (usb-tablet, usb-kbd, usb-mouse, ...) separated "
+            f"by commas; not USB models: {', '.join(repr(b) for b in bad)}"
+        )
+    return None
+
+
+def _shlex(value: Any) -> str | None:
+    if not _SAFE_TEXT.match(value):
+        return "must not contain NUL or newline characters"
+    try:
+        shlex.split(value)
+    except ValueError as exc:
+        return f"must split into words like a shell line (quotes balanced): {exc}"
+    return None
+
+
+def _user_name(value: Any) -> str | None:
+    if value and not re.match(r"^[a-z_][a-z0-9_-]{0,31}$", value):
+        return f"must be a user name (lowercase letters, digits, '_', '-'), got {value!r}"
+    return None
+
+
+def _tls_ciphers(value: Any) -> str | None:
+    if value and not re.match(r"^[A-Za-z0-9:+!@._=-]+$", value):
+        return f"must be an OpenSSL cipher list (no commas or spaces), got {value!r}"
+    return None
+
+
+def _one_of_ints(*allowed: int) -> Callable[[Any], str | None]:
+    def check(value: Any) -> str | None:
+        if value not in allowed:
+            return f"must be one of {', '.join(str(a) for a in allowed)}; got {value}"
+        return None
+
+    return check
+
+
+def _path(name: str, default: str, doc: str) -> ParamSpec:
+    return ParamSpec(name=name, coerce=as_path, default=default, type_name="path", doc=doc)
+
+
+def _choice(name: str, choices: tuple[str, ...], default: str, doc: str) -> ParamSpec:
+    return ParamSpec(
+        name=name,
+        coerce=as_choice(*choices),
+        default=default,
+        type_name="choice",
+        doc=f"{doc} One of: {', '.join(c if c else repr(c) for c in choices)}.",
+    )
+
+
+def _flag(name: str, default: bool, doc: str) -> ParamSpec:
+    return ParamSpec(name=name, coerce=as_bool, default=default, type_name="bool", doc=doc)
+
+
 KVM_HVPARAMS = Schema.of(
     "hvparams/kvm",
     [
+        # --- binary, boot -----------------------------------------------------------------
         ParamSpec(
             name="kvm_path",
             coerce=as_path,
             default="/usr/bin/qemu-system-x86_64",
             check=_required,
             type_name="path",
-            doc="The QEMU system emulator binary.",
+            doc="The QEMU system emulator binary (QEMU 4.2 or newer; its options, machine "
+            "types and devices are probed once per node).",
         ),
-        ParamSpec(
-            name="kernel_path",
-            coerce=as_path,
-            default="/var/lib/corral/kernels/vmlinuz-kvmU",
-            type_name="path",
-            doc="Kernel to boot directly; empty to boot from the disk (or cdrom/network).",
+        _path(
+            "kernel_path",
+            "/var/lib/corral/kernels/vmlinuz-kvmU",
+            "Kernel to boot directly; empty to boot from the disk (or cdrom/network).",
         ),
-        ParamSpec(
-            name="initrd_path",
-            coerce=as_path,
-            default="/var/lib/corral/kernels/initrd-kvmU",
-            type_name="path",
-            doc="Initial ramdisk for direct kernel boot; empty for none.",
+        _path(
+            "initrd_path",
+            "/var/lib/corral/kernels/initrd-kvmU",
+            "Initial ramdisk for direct kernel boot; empty for none.",
         ),
         ParamSpec(
             name="root_path",
@@ -103,33 +227,157 @@ KVM_HVPARAMS = Schema.of(
             type_name="string",
             doc="Extra kernel command line arguments.",
         ),
+        _choice(
+            "boot_order",
+            ("disk", "cdrom", "network"),
+            "disk",
+            "Boot device when no kernel_path is set (bootindex on the devices); cdrom needs "
+            "cdrom_image_path.",
+        ),
         ParamSpec(
             name="cdrom_image_path",
-            coerce=as_path,
+            coerce=as_image,
             default="",
-            type_name="path",
-            doc="ISO image attached read-only as an IDE cdrom; empty for none.",
+            type_name="path or url",
+            doc="Image of the first cdrom (read-only): an absolute path or an http(s):// URL "
+            "(read through QEMU's curl block driver, refused when the installed QEMU has "
+            "none); empty for no cdrom.",
         ),
         ParamSpec(
-            name="boot_order",
+            name="cdrom2_image_path",
+            coerce=as_image,
+            default="",
+            type_name="path or url",
+            doc="Image of a second cdrom, as cdrom_image_path (never booted from).",
+        ),
+        _choice(
+            "cdrom_disk_type",
+            ("ide", "scsi"),
+            "ide",
+            "Cdrom model: ide (ide-cd) or scsi (scsi-cd on a virtio-scsi-pci controller).",
+        ),
+        _choice(
+            "firmware",
+            ("bios", "uefi"),
+            "bios",
+            "Guest firmware: bios (SeaBIOS) or uefi (OVMF, at least 192 MiB of memory, with a "
+            "per-instance copy of the variables store, kvm-nvram/UUID.fd in the node's data "
+            "directory).",
+        ),
+        _path(
+            "ovmf_code_path",
+            "/usr/share/OVMF/OVMF_CODE_4M.fd",
+            "OVMF firmware code (read-only pflash) for firmware=uefi (Debian package ovmf).",
+        ),
+        _path(
+            "ovmf_vars_template",
+            "/usr/share/OVMF/OVMF_VARS_4M.fd",
+            "OVMF variables template copied once per instance for firmware=uefi; must match "
+            "ovmf_code_path (both 4M or both 2M).",
+        ),
+        # --- machine, CPU -----------------------------------------------------------------
+        ParamSpec(
+            name="machine_version",
             coerce=as_str,
-            default="disk",
-            check=_boot_order,
-            type_name="choice",
-            doc="Boot device when no kernel_path is set: disk, cdrom or network.",
+            default="",
+            check=_machine,
+            type_name="string",
+            doc="QEMU machine type: pc, q35, or a versioned name such as pc-i440fx-7.2 or "
+            "pc-q35-7.2; empty for the installed QEMU's default machine. Aliases are "
+            "resolved at start and the concrete name is recorded (for migration).",
         ),
         ParamSpec(
-            name="serial_console",
-            coerce=as_bool,
-            default=True,
-            type_name="bool",
-            doc="Attach a serial console (UNIX socket + log file) and pass console=ttyS0.",
+            name="cpu_type",
+            coerce=as_str,
+            default="",
+            check=_cpu_type,
+            type_name="string",
+            doc="QEMU CPU model (-cpu, flags allowed: max,+vmx); empty for QEMU's default. "
+            "'host' needs a usable KVM.",
+        ),
+        _choice(
+            "accel",
+            ("auto", "kvm", "tcg"),
+            "auto",
+            "Accelerator: kvm, tcg (software emulation), or auto (kvm only when it can run "
+            "ordinary guests, else tcg; the choice is logged and shown by instance info).",
+        ),
+        ParamSpec(
+            name="cpu_sockets",
+            coerce=as_int,
+            default=0,
+            check=in_range(0, 256),
+            type_name="int",
+            doc="CPU sockets of the -smp topology; 0 = computed from the others (QEMU's "
+            "default: one socket per vCPU when nothing is set). With sockets, cores and "
+            "threads all set their product must equal the instance's vcpus.",
+        ),
+        ParamSpec(
+            name="cpu_cores",
+            coerce=as_int,
+            default=0,
+            check=in_range(0, 256),
+            type_name="int",
+            doc="Cores per socket of the -smp topology; 0 = computed (see cpu_sockets).",
+        ),
+        ParamSpec(
+            name="cpu_threads",
+            coerce=as_int,
+            default=0,
+            check=in_range(0, 16),
+            type_name="int",
+            doc="Threads per core of the -smp topology; 0 = computed (see cpu_sockets).",
+        ),
+        ParamSpec(
+            name="cpu_mask",
+            coerce=as_str,
+            default=CPU_MASK_ALL,
+            check=check_cpu_mask_syntax,
+            type_name="string",
+            doc="CPU pinning in Ganeti's syntax: 'all' (no pinning), one CPU list for the "
+            "whole guest ('0-2,4'), or one per vCPU separated by ':' ('0-2,4:all:1,3').",
+        ),
+        # --- disks, NICs ------------------------------------------------------------------
+        _choice(
+            "disk_type",
+            tuple(KVM_DISK_MODELS),
+            "paravirtual",
+            "Disk model: paravirtual (virtio-blk-pci), scsi (scsi-hd on a virtio-scsi-pci "
+            "controller) or ide (ide-hd).",
+        ),
+        _choice(
+            "disk_cache",
+            ("default", "none", "writethrough", "writeback"),
+            "default",
+            "Host cache of disks: default (QEMU's: writeback), none (O_DIRECT), "
+            "writethrough or writeback (the guest-visible write cache).",
+        ),
+        _choice(
+            "disk_aio",
+            ("threads", "native", "io_uring"),
+            "threads",
+            "Disk I/O backend: threads (a thread pool), native (Linux AIO, needs "
+            "disk_cache=none) or io_uring (QEMU built with it).",
+        ),
+        _choice(
+            "nic_type",
+            tuple(KVM_NIC_MODELS),
+            "paravirtual",
+            "NIC model: paravirtual (virtio-net-pci) or an emulated card.",
+        ),
+        # --- consoles ---------------------------------------------------------------------
+        _flag(
+            "serial_console",
+            True,
+            "Attach a serial console (UNIX socket + log file) and pass console=ttyS0.",
         ),
         ParamSpec(
             name="serial_speed",
             coerce=as_int,
             default=38400,
-            check=in_range(300, 4000000),
+            check=_one_of_ints(
+                300, 1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200, 230400, 460800, 921600
+            ),
             type_name="int",
             doc="Baud rate given to the guest kernel for the serial console.",
         ),
@@ -140,60 +388,125 @@ KVM_HVPARAMS = Schema.of(
             check=_ip_or_empty,
             type_name="ip",
             doc="Address the VNC server listens on; empty disables VNC. The display is the "
-            "instance's network_port - 5900, or the first free one from 5900 when it has none.",
+            "instance's network_port - 5900 (ports come from the cluster's pool from 11000), "
+            "or the first free one from 5900 when it has none.",
+        ),
+        _path(
+            "vnc_password_file",
+            "",
+            "File whose first line is the VNC password (VNC uses at most 8 characters); "
+            "given to QEMU as a secret object (QEMU 7.0+), never on the command line.",
+        ),
+        _flag("vnc_tls", False, "Encrypt VNC with TLS (needs vnc_x509_path)."),
+        _path(
+            "vnc_x509_path",
+            "",
+            "Directory with ca-cert.pem, server-cert.pem and server-key.pem for vnc_tls.",
+        ),
+        _flag(
+            "vnc_x509_verify",
+            False,
+            "Require VNC clients to present a certificate signed by the CA of vnc_x509_path.",
         ),
         ParamSpec(
-            name="machine_version",
-            coerce=as_str,
-            default="pc",
-            check=_machine,
-            type_name="string",
-            doc="QEMU machine type (pc, q35, or a versioned name such as pc-i440fx-7.2).",
-        ),
-        ParamSpec(
-            name="cpu_type",
+            name="keymap",
             coerce=as_str,
             default="",
-            check=_cpu_type,
+            check=_keymap,
             type_name="string",
-            doc="QEMU CPU model (-cpu); empty for QEMU's default. 'host' needs a usable KVM.",
+            doc="Keyboard layout of the VNC console (-k, e.g. en-us, de); empty for none. "
+            "Must exist in QEMU's keymaps directory.",
         ),
         ParamSpec(
-            name="accel",
-            coerce=as_choice("auto", "kvm", "tcg"),
-            default="auto",
-            type_name="choice",
-            doc="Accelerator: kvm, tcg (software emulation), or auto (kvm only when it can run "
-            "ordinary guests, else tcg; the choice is logged and shown by instance info).",
+            name="spice_bind",
+            coerce=as_str,
+            default="",
+            check=_ip_or_empty,
+            type_name="ip",
+            doc="Address the SPICE server listens on (port: the instance's network_port); "
+            "empty disables SPICE. Cannot be combined with vnc_bind_address. Refused when "
+            "the installed QEMU has no SPICE.",
         ),
         ParamSpec(
-            name="disk_type",
-            coerce=as_choice("paravirtual", "ide", "scsi"),
-            default="paravirtual",
-            type_name="choice",
-            doc="Disk model: paravirtual (virtio-blk), ide or scsi.",
+            name="spice_ip_version",
+            coerce=as_int,
+            default=0,
+            check=_one_of_ints(0, 4, 6),
+            type_name="int",
+            doc="IP version SPICE listens with: 0 (as the address says), 4 or 6.",
+        ),
+        _path(
+            "spice_password_file",
+            "",
+            "File whose first line is the SPICE password (QEMU 7.0+); empty for no password.",
+        ),
+        _flag("spice_use_tls", False, "Offer SPICE over TLS on the port (needs spice_x509_path)."),
+        _path(
+            "spice_x509_path",
+            "",
+            "Directory with ca-cert.pem, server-cert.pem and server-key.pem for spice_use_tls.",
         ),
         ParamSpec(
-            name="nic_type",
-            coerce=as_choice("paravirtual", "e1000", "rtl8139"),
-            default="paravirtual",
-            type_name="choice",
-            doc="NIC model: paravirtual (virtio-net), e1000 or rtl8139.",
+            name="spice_tls_ciphers",
+            coerce=as_str,
+            default="HIGH:-DES:-3DES:-EXPORT:-ADH",
+            check=_tls_ciphers,
+            type_name="string",
+            doc="OpenSSL cipher list for SPICE TLS.",
         ),
-        ParamSpec(
-            name="disk_cache",
-            coerce=as_choice("default", "none", "writethrough", "writeback"),
-            default="default",
-            type_name="choice",
-            doc="Host cache of disks: default (QEMU's: writeback), none (O_DIRECT), "
-            "writethrough or writeback (the guest-visible write cache).",
+        _choice(
+            "spice_image_compression",
+            ("", "auto_glz", "auto_lz", "quic", "glz", "lz", "off"),
+            "",
+            "SPICE image compression; empty for QEMU's default.",
         ),
+        _choice(
+            "spice_jpeg_wan_compression",
+            ("", "auto", "never", "always"),
+            "",
+            "SPICE JPEG compression over WAN; empty for QEMU's default.",
+        ),
+        _choice(
+            "spice_zlib_glz_wan_compression",
+            ("", "auto", "never", "always"),
+            "",
+            "SPICE zlib-glz compression over WAN; empty for QEMU's default.",
+        ),
+        _choice(
+            "spice_streaming_video",
+            ("", "off", "all", "filter"),
+            "",
+            "SPICE video streaming detection; empty for QEMU's default.",
+        ),
+        _flag("spice_playback_compression", True, "Compress SPICE audio playback (CELT)."),
+        _flag(
+            "spice_use_vdagent",
+            True,
+            "Give the guest a SPICE agent channel (virtio-serial port com.redhat.spice.0).",
+        ),
+        # --- other devices ----------------------------------------------------------------
         ParamSpec(
-            name="reboot_behavior",
-            coerce=as_choice("reboot", "exit"),
-            default="reboot",
-            type_name="choice",
-            doc="What a reset does: reboot in place, or exit (-no-reboot); with exit a hard "
+            name="usb_devices",
+            coerce=as_str,
+            default="",
+            check=_usb_devices,
+            type_name="list",
+            doc="USB devices given to the guest on a qemu-xhci controller, comma separated "
+            "QEMU models (usb-tablet, usb-kbd, usb-mouse); empty for no USB controller.",
+        ),
+        _choice(
+            "soundhw",
+            ("", *KVM_SOUND_MODELS),
+            "",
+            "Sound card: hda (intel-hda + hda-duplex), ich9-hda, ac97 or es1370, with a "
+            "silent host backend (-audiodev none); empty for none.",
+        ),
+        # --- lifecycle --------------------------------------------------------------------
+        _choice(
+            "reboot_behavior",
+            ("reboot", "exit"),
+            "reboot",
+            "What a reset does: reboot in place, or exit (-no-reboot); with exit a hard "
             "reboot becomes a kill and a fresh start.",
         ),
         ParamSpec(
@@ -205,16 +518,110 @@ KVM_HVPARAMS = Schema.of(
             doc="Seconds a soft reboot waits for the guest's ACPI shutdown before QEMU is "
             "quit (stop takes its timeout from the request).",
         ),
+        # --- migration --------------------------------------------------------------------
+        ParamSpec(
+            name="migration_bandwidth",
+            coerce=as_int,
+            default=128,
+            check=in_range(1, 100000),
+            type_name="int",
+            doc="Maximum migration bandwidth in MiB/s (QEMU's own default is 128).",
+        ),
+        ParamSpec(
+            name="migration_downtime",
+            coerce=as_int,
+            default=300,
+            check=in_range(1, 600000),
+            type_name="int",
+            doc="Maximum downtime of a live migration in milliseconds (QEMU's default 300).",
+        ),
+        ParamSpec(
+            name="migration_port",
+            coerce=as_int,
+            default=8102,
+            check=in_range(1, 65535),
+            type_name="int",
+            doc="TCP port a migration destination listens on (Ganeti's default 8102).",
+        ),
+        # --- security ---------------------------------------------------------------------
+        _choice(
+            "security_model",
+            ("none", "user", "pool"),
+            "none",
+            "Who QEMU runs as after it started: none (root), user (the security_domain "
+            "user) or pool (a uid of the pool file kvm-uid-pool in the node's data directory, "
+            "never shared by two running guests).",
+        ),
+        ParamSpec(
+            name="security_domain",
+            coerce=as_str,
+            default="",
+            check=_user_name,
+            type_name="string",
+            doc="The user QEMU runs as with security_model=user (must exist, not root).",
+        ),
+        _flag(
+            "use_chroot",
+            False,
+            "Run QEMU chrooted into an empty per-instance directory (after it opened its files).",
+        ),
+        _path(
+            "chroot_dir",
+            "",
+            "Parent of the per-instance chroot directories (CHROOT_DIR/INSTANCE, created "
+            "empty); empty for a chroot directory inside the instance's run directory.",
+        ),
+        # --- expert -----------------------------------------------------------------------
         ParamSpec(
             name="kvm_extra",
             coerce=as_str,
             default="",
-            check=_no_control,
+            check=_shlex,
             type_name="string",
-            doc="Extra QEMU arguments, split on whitespace and appended last (expert use).",
+            doc="Extra QEMU arguments appended last (expert use), split like a shell line "
+            "(quotes group words; no variables or globs). Nothing checks them.",
         ),
     ],
 )
+
+
+def kvm_combination_problems(hv: Mapping[str, Any]) -> dict[str, str]:
+    """Problems between keys of *filled* KVM hvparams (syntax phase, no I/O), by key."""
+    problems: dict[str, str] = {}
+    if hv["disk_aio"] == "native" and hv["disk_cache"] != "none":
+        problems["disk_aio"] = (
+            "native needs disk_cache=none (Linux AIO only works with O_DIRECT); "
+            f"disk_cache is {hv['disk_cache']!r}: use disk_aio threads or io_uring instead"
+        )
+    if hv["boot_order"] == "cdrom" and not hv["kernel_path"] and not hv["cdrom_image_path"]:
+        problems["boot_order"] = "cdrom needs cdrom_image_path (or choose disk or network)"
+    if hv["vnc_bind_address"] and hv["spice_bind"]:
+        problems["spice_bind"] = (
+            "cannot be combined with vnc_bind_address (both would use the instance's "
+            "network_port): choose VNC or SPICE"
+        )
+    if hv["vnc_tls"] and not hv["vnc_x509_path"]:
+        problems["vnc_tls"] = "needs vnc_x509_path (the certificates directory)"
+    if hv["vnc_x509_verify"] and not hv["vnc_tls"]:
+        problems["vnc_x509_verify"] = "needs vnc_tls=true"
+    if hv["spice_use_tls"] and not hv["spice_x509_path"]:
+        problems["spice_use_tls"] = "needs spice_x509_path (the certificates directory)"
+    if hv["spice_bind"] and hv["spice_ip_version"]:
+        family = ipaddress.ip_address(hv["spice_bind"]).version
+        if family != hv["spice_ip_version"]:
+            problems["spice_ip_version"] = (
+                f"{hv['spice_ip_version']} does not match spice_bind {hv['spice_bind']} "
+                f"(an IPv{family} address); use 0 or {family}"
+            )
+    model, domain = hv["security_model"], hv["security_domain"]
+    if model == "user" and not domain:
+        problems["security_domain"] = "security_model=user needs a user name here"
+    elif model != "user" and domain:
+        problems["security_domain"] = (
+            f"only used with security_model=user (it is {model!r}); leave it empty"
+        )
+    return problems
+
 
 FAKE_HVPARAMS = Schema.of(
     "hvparams/fake",
@@ -226,6 +633,15 @@ FAKE_HVPARAMS = Schema.of(
             check=in_range(0, 60),
             type_name="float",
             doc="Seconds the fake hypervisor pretends a start takes (for tests and benchmarks).",
+        ),
+        ParamSpec(
+            name="cpu_mask",
+            coerce=as_str,
+            default=CPU_MASK_ALL,
+            check=check_cpu_mask_syntax,
+            type_name="string",
+            doc="CPU pinning in Ganeti's syntax, checked and recorded like KVM's (nothing is "
+            "pinned).",
         ),
     ],
 )

@@ -47,6 +47,10 @@ CORRAL_JOB_CASES = {
     ("instance", "remove"): ["-f", "vm1"],
     ("instance", "add-tags"): ["vm1", "t1"],
     ("instance", "remove-tags"): ["vm1", "t1"],
+    ("instance", "pause"): ["vm1"],
+    ("instance", "resume"): ["vm1"],
+    ("instance", "suspend"): ["vm1"],
+    ("instance", "unsuspend"): ["vm1"],
 }
 
 ENTRY = {"gnt-instance": gnt.gnt_instance}

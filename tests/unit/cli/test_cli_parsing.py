@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from corral.cli.parsing import (
+    BARE_SIZES_ARE_MIB,
     UsageError,
     build_create_request,
     parse_beparams,
@@ -60,11 +61,18 @@ def test_sizes():
     assert parse_size("1G", "x") == 1024
     assert parse_size("512M", "x") == 512
     assert parse_size("1.5g", "x") == 1536
-    assert parse_size("64", "x") == 64
+    # corral wants a unit; the gnt-* commands read a bare number as MiB, like Ganeti
+    with pytest.raises(UsageError, match="needs a unit"):
+        parse_size("64", "x")
+    token = BARE_SIZES_ARE_MIB.set(True)
+    try:
+        assert parse_size("64", "x") == 64
+        with pytest.raises(UsageError, match="positive"):
+            parse_size("0", "amount")
+    finally:
+        BARE_SIZES_ARE_MIB.reset(token)
     with pytest.raises(UsageError, match="--disk 0 size: not a size"):
         parse_size("1X", "--disk 0 size")
-    with pytest.raises(UsageError, match="positive"):
-        parse_size("0", "amount")
 
 
 def test_disks():

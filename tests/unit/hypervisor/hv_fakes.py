@@ -2,7 +2,7 @@
 
 ``RecordingRunner`` is a FAKE command runner (the ``runner=`` of the KVM driver): it records
 argv lists and replays QEMU output captured from the real qemu-system-x86_64 7.2 in
-tests/data/hypervisor/, so parameter validation and tap handling can be checked without root
+tests/data/qemu/7.2/, so parameter validation and tap handling can be checked without root
 or QEMU. Real commands run in tests/integration/test_kvm_driver.py.
 """
 
@@ -15,6 +15,16 @@ from corral.common.errors import CommandError
 from corral.common.runcmd import CmdResult
 
 DATA = Path(__file__).resolve().parents[2] / "data" / "hypervisor"
+#: Outputs of the real qemu-system-x86_64 of several versions (see its README).
+QEMU_DATA = Path(__file__).resolve().parents[2] / "data" / "qemu"
+#: Probe command (argv after the binary) -> captured output file of tests/data/qemu/<version>/.
+QEMU_PROBES = {
+    ("--version",): "version.txt",
+    ("--help",): "help.txt",
+    ("-machine", "help"): "machine-help.txt",
+    ("-device", "help"): "device-help.txt",
+    ("-spice", "help"): "spice-help.txt",
+}
 
 
 def captured(name: str) -> str:
@@ -46,9 +56,11 @@ class RecordingRunner:
             if check:
                 raise CommandError(argv, 2, "", f"fake failure of {joined}")
             return CmdResult(tuple(argv), 2, "", "fake failure")
-        out = ""
-        if argv[1:] == ["--version"]:
-            out = captured("qemu-7.2-version.txt")
-        elif argv[1:] == ["-machine", "help"]:
-            out = captured("qemu-7.2-machine-help.txt")
-        return CmdResult(tuple(argv), 0, out, "")
+        probe = QEMU_PROBES.get(tuple(argv[1:]))
+        if probe is not None:
+            return CmdResult(tuple(argv), 0, (QEMU_DATA / "7.2" / probe).read_text(), "")
+        if "-blockdev" in argv:  # kvm/probe.py block probes: this QEMU 7.2 has no curl
+            if "driver=http" in joined:
+                return CmdResult(tuple(argv), 1, "", "-blockdev ...: Unknown driver 'http'")
+            return CmdResult(tuple(argv), 1, "", "-blockdev ...: Could not open '/nonexistent'")
+        return CmdResult(tuple(argv), 0, "", "")

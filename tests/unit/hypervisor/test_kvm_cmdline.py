@@ -1,4 +1,9 @@
-"""Golden command lines of the KVM driver's pure builder (corral.hypervisor.kvm.cmdline)."""
+"""Golden command lines of the KVM driver's pure builder (corral.hypervisor.kvm.cmdline).
+
+Without ``caps`` the builder assumes the baseline every supported QEMU has (machine ``pc``);
+tests/unit/hypervisor/test_kvm_cmdline_params.py covers the parameters of issue 3 per QEMU
+version, with capabilities probed from tests/data/qemu/<version>/.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +20,7 @@ from corral.hypervisor.kvm.cmdline import (
     qemu_escape,
     tap_name,
 )
+from corral.hypervisor.kvm.pci import spare_port_args
 from corral.hypervisor.kvm.runtime import InstanceLayout
 from corral.objects.params.hv import KVM_HVPARAMS
 
@@ -159,6 +165,7 @@ def test_q35_kvm_vnc_paused_with_cpu_host():
         "-device",
         "virtio-net-pci,id=nic0-9a8b7c6d11,mac=aa:00:00:11:22:33,netdev=net0-9a8b7c6d11,"
         "bus=nic0-9a8b7c6d11-port",
+        *spare_port_args(),  # empty ports for hotplug (kvm/pci.py)
         *TAIL,
         "-S",
     ]  # fmt: skip
