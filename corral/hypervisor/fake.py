@@ -149,9 +149,7 @@ class FakeHypervisor(FakePower, FakeDevices, Hypervisor):
                 "reboots": 0,
                 "disks": [d.path for d in disks],
                 # devices as the hotplug methods see them (see fake_devices.py)
-                "disk_devices": [
-                    {"index": d.index, "uuid": d.uuid, "path": d.path} for d in disks
-                ],
+                "disk_devices": [{"index": d.index, "uuid": d.uuid, "path": d.path} for d in disks],
                 "nic_devices": [nic_record(n) for n in spec.nics],
                 "cpu_mask": str(hv.get("cpu_mask", "all")),
             },

@@ -245,9 +245,7 @@ class KvmRuntime:
                 start_time=float(data.get("start_time", 0.0)),
                 hvparams=dict(data.get("hvparams", {})),
                 free_ports=(
-                    None
-                    if data.get("free_ports") is None
-                    else [str(p) for p in data["free_ports"]]
+                    None if data.get("free_ports") is None else [str(p) for p in data["free_ports"]]
                 ),
                 security=dict(data.get("security") or {}),
             )
