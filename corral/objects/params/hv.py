@@ -188,6 +188,18 @@ def _flag(name: str, default: bool, doc: str) -> ParamSpec:
     return ParamSpec(name=name, coerce=as_bool, default=default, type_name="bool", doc=doc)
 
 
+def cpu_mask_param(doc: str) -> ParamSpec:
+    """The ``cpu_mask`` parameter (Ganeti's pinning syntax), shared by the hypervisors."""
+    return ParamSpec(
+        name="cpu_mask",
+        coerce=as_str,
+        default=CPU_MASK_ALL,
+        check=check_cpu_mask_syntax,
+        type_name="string",
+        doc=doc,
+    )
+
+
 KVM_HVPARAMS = Schema.of(
     "hvparams/kvm",
     [
@@ -328,14 +340,9 @@ KVM_HVPARAMS = Schema.of(
             type_name="int",
             doc="Threads per core of the -smp topology; 0 = computed (see cpu_sockets).",
         ),
-        ParamSpec(
-            name="cpu_mask",
-            coerce=as_str,
-            default=CPU_MASK_ALL,
-            check=check_cpu_mask_syntax,
-            type_name="string",
-            doc="CPU pinning in Ganeti's syntax: 'all' (no pinning), one CPU list for the "
-            "whole guest ('0-2,4'), or one per vCPU separated by ':' ('0-2,4:all:1,3').",
+        cpu_mask_param(
+            "CPU pinning in Ganeti's syntax: 'all' (no pinning), one CPU list for the "
+            "whole guest ('0-2,4'), or one per vCPU separated by ':' ('0-2,4:all:1,3')."
         ),
         # --- disks, NICs ------------------------------------------------------------------
         _choice(
@@ -634,14 +641,8 @@ FAKE_HVPARAMS = Schema.of(
             type_name="float",
             doc="Seconds the fake hypervisor pretends a start takes (for tests and benchmarks).",
         ),
-        ParamSpec(
-            name="cpu_mask",
-            coerce=as_str,
-            default=CPU_MASK_ALL,
-            check=check_cpu_mask_syntax,
-            type_name="string",
-            doc="CPU pinning in Ganeti's syntax, checked and recorded like KVM's (nothing is "
-            "pinned).",
+        cpu_mask_param(
+            "CPU pinning in Ganeti's syntax, checked and recorded like KVM's (nothing is pinned)."
         ),
     ],
 )
