@@ -13,7 +13,7 @@ from typing import Annotated, Any
 
 import typer
 
-from corral.cli import actions
+from corral.cli import cluster_actions
 from corral.cli.common import Cli, run_command
 from corral.cli.daemons import MASTER, start_daemons, stop_daemons
 from corral.cli.parsing import UsageError, parse_beparams, parse_hv_option, parse_kv
@@ -238,21 +238,21 @@ def init_cmd(
 def info_cmd(ctx: typer.Context) -> None:
     """Show cluster information."""
     cli: Cli = ctx.obj
-    raise typer.Exit(run_command(cli, lambda: actions.cluster_info(cli)))
+    raise typer.Exit(run_command(cli, lambda: cluster_actions.cluster_info(cli)))
 
 
 @app.command("getmaster")
 def getmaster_cmd(ctx: typer.Context) -> None:
     """Print the master node's name."""
     cli: Cli = ctx.obj
-    raise typer.Exit(run_command(cli, lambda: actions.cluster_getmaster(cli)))
+    raise typer.Exit(run_command(cli, lambda: cluster_actions.cluster_getmaster(cli)))
 
 
 @app.command("version")
 def version_cmd(ctx: typer.Context) -> None:
     """Print Corral's versions."""
     cli: Cli = ctx.obj
-    raise typer.Exit(run_command(cli, lambda: actions.cluster_version(cli)))
+    raise typer.Exit(run_command(cli, lambda: cluster_actions.cluster_version(cli)))
 
 
 @app.command("destroy")

@@ -25,7 +25,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any, TypeAlias
 
-from corral.cli import actions
+from corral.cli import actions, cluster_actions
 from corral.cli.actions import ListOptions
 from corral.cli.common import Cli, paths_from, run_command
 from corral.cli.parsing import BARE_SIZES_ARE_MIB
@@ -433,9 +433,11 @@ def _cluster_commands(sub: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("--no-etc-hosts", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--no-ssh-init", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("name")
-    _add(sub, "info", lambda c, a: actions.cluster_info(c), "show cluster information")
-    _add(sub, "version", lambda c, a: actions.cluster_version(c), "show versions")
-    _add(sub, "getmaster", lambda c, a: actions.cluster_getmaster(c), "print the master node")
+    _add(sub, "info", lambda c, a: cluster_actions.cluster_info(c), "show cluster information")
+    _add(sub, "version", lambda c, a: cluster_actions.cluster_version(c), "show versions")
+    _add(
+        sub, "getmaster", lambda c, a: cluster_actions.cluster_getmaster(c), "print the master node"
+    )
     p = _add(
         sub,
         "destroy",
@@ -454,8 +456,11 @@ def _job_commands(sub: argparse._SubParsersAction[Any]) -> None:
     p = _add(
         sub,
         "list",
-        lambda c, a: actions.job_list(
-            c, a.ids, _lo(a), statuses=actions.JOB_STATUS_FILTERS.get(a.status_filter or "", ())
+        lambda c, a: cluster_actions.job_list(
+            c,
+            a.ids,
+            _lo(a),
+            statuses=cluster_actions.JOB_STATUS_FILTERS.get(a.status_filter or "", ()),
         ),
         "list jobs",
     )
@@ -487,13 +492,13 @@ def _job_commands(sub: argparse._SubParsersAction[Any]) -> None:
         "list the available fields",
     )
     p.add_argument("names", nargs="*")
-    p = _add(sub, "info", lambda c, a: actions.job_info(c, a.ids), "show job details")
+    p = _add(sub, "info", lambda c, a: cluster_actions.job_info(c, a.ids), "show job details")
     p.add_argument("ids", nargs="*")
-    p = _add(sub, "watch", lambda c, a: actions.job_watch(c, a.id), "follow a job's output")
+    p = _add(sub, "watch", lambda c, a: cluster_actions.job_watch(c, a.id), "follow a job's output")
     p.add_argument("id")
     p = _add(sub, "wait", lambda c, a: _job_wait(c, a.id), "wait for a job to finish")
     p.add_argument("id")
-    p = _add(sub, "cancel", lambda c, a: actions.job_cancel(c, a.ids), "cancel jobs")
+    p = _add(sub, "cancel", lambda c, a: cluster_actions.job_cancel(c, a.ids), "cancel jobs")
     p.add_argument("--force", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("ids", nargs="+")
 
@@ -517,7 +522,7 @@ def gnt_job(argv: Sequence[str] | None = None) -> int:
 
 
 def _node_commands(sub: argparse._SubParsersAction[Any]) -> None:
-    p = _add(sub, "list", lambda c, a: actions.node_list(c, a.names, _lo(a)), "list nodes")
+    p = _add(sub, "list", lambda c, a: cluster_actions.node_list(c, a.names, _lo(a)), "list nodes")
     _list_opts(p)
     p.add_argument("names", nargs="*")
     p = _add(
@@ -527,7 +532,7 @@ def _node_commands(sub: argparse._SubParsersAction[Any]) -> None:
         "list the available fields",
     )
     p.add_argument("names", nargs="*")
-    p = _add(sub, "info", lambda c, a: actions.node_info(c, a.names), "show node details")
+    p = _add(sub, "info", lambda c, a: cluster_actions.node_info(c, a.names), "show node details")
     p.add_argument("names", nargs="*")
 
 
@@ -537,9 +542,11 @@ def gnt_node(argv: Sequence[str] | None = None) -> int:
 
 
 def _os_commands(sub: argparse._SubParsersAction[Any]) -> None:
-    p = _add(sub, "list", lambda c, a: actions.os_list(c, no_headers=a.no_headers), "list OSes")
+    p = _add(
+        sub, "list", lambda c, a: cluster_actions.os_list(c, no_headers=a.no_headers), "list OSes"
+    )
     p.add_argument("--no-headers", action="store_true")
-    _add(sub, "diagnose", lambda c, a: actions.os_diagnose(c), "diagnose OS definitions")
+    _add(sub, "diagnose", lambda c, a: cluster_actions.os_diagnose(c), "diagnose OS definitions")
 
 
 def gnt_os(argv: Sequence[str] | None = None) -> int:

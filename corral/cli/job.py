@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from corral.cli import actions
+from corral.cli import actions, cluster_actions
 from corral.cli.actions import ListOptions
 from corral.cli.common import Cli, run_command
 
@@ -43,7 +43,7 @@ def list_cmd(
 ) -> None:
     """List jobs (default: id, status, summary)."""
     opts = ListOptions(fields, no_headers, separator, force_filter=force_filter)
-    _run(ctx, lambda cli: actions.job_list(cli, ids or [], opts, statuses=status or []))
+    _run(ctx, lambda cli: cluster_actions.job_list(cli, ids or [], opts, statuses=status or []))
 
 
 @app.command("list-fields")
@@ -57,16 +57,16 @@ def list_fields_cmd(
 @app.command("info")
 def info_cmd(ctx: typer.Context, ids: Annotated[list[str] | None, typer.Argument()] = None) -> None:
     """Show jobs in detail: opcodes, statuses, results and log."""
-    _run(ctx, lambda cli: actions.job_info(cli, ids or []))
+    _run(ctx, lambda cli: cluster_actions.job_info(cli, ids or []))
 
 
 @app.command("watch")
 def watch_cmd(ctx: typer.Context, job_id: str = typer.Argument(...)) -> None:
     """Follow a job's log live until it ends (exit 1 if it failed)."""
-    _run(ctx, lambda cli: actions.job_watch(cli, job_id))
+    _run(ctx, lambda cli: cluster_actions.job_watch(cli, job_id))
 
 
 @app.command("cancel")
 def cancel_cmd(ctx: typer.Context, ids: Annotated[list[str], typer.Argument()]) -> None:
     """Cancel jobs that have not started running."""
-    _run(ctx, lambda cli: actions.job_cancel(cli, ids or []))
+    _run(ctx, lambda cli: cluster_actions.job_cancel(cli, ids or []))

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from corral.cli import actions
+from corral.cli import actions, cluster_actions
 from corral.cli.actions import ListOptions
 from corral.cli.common import Cli, run_command
 
@@ -39,7 +39,7 @@ def list_cmd(
 ) -> None:
     """List nodes (default: name, dtotal, dfree, mtotal, mnode, mfree, pinst_cnt, sinst_cnt)."""
     opts = ListOptions(fields, no_headers, separator, units, verbose, force_filter)
-    _run(ctx, lambda cli: actions.node_list(cli, names or [], opts))
+    _run(ctx, lambda cli: cluster_actions.node_list(cli, names or [], opts))
 
 
 @app.command("list-fields")
@@ -55,4 +55,4 @@ def info_cmd(
     ctx: typer.Context, names: Annotated[list[str] | None, typer.Argument()] = None
 ) -> None:
     """Show nodes in detail."""
-    _run(ctx, lambda cli: actions.node_info(cli, names or []))
+    _run(ctx, lambda cli: cluster_actions.node_info(cli, names or []))
