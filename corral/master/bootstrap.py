@@ -42,7 +42,9 @@ from corral.objects.node import Node
 from corral.objects.params.hv import HV_SCHEMAS
 from corral.objects.params.schemas import NICPARAMS
 from corral.objects.units import check_name
-from corral.store.base import Compare, Put, Store
+from corral.store.base import Compare, Put
+from corral.store.url import open_store as open_store  # re-exported for daemon/cli
+from corral.store.url import sqlite_url
 
 log = logging.getLogger(__name__)
 
@@ -109,25 +111,8 @@ def load_cluster_conf(paths: Paths) -> ClusterConf:
 
 
 def store_url(path: str) -> str:
-    """The store URL of a SQLite file."""
-    return f"{SQLITE_SCHEME}/{os.path.abspath(path).lstrip('/')}"
-
-
-def open_store(url: str) -> Store:
-    """Open the store named by ``url`` (``sqlite:///<absolute path>``).
-
-    Raises:
-        CorralError: an unsupported URL (kind INVALID).
-        StoreError: the store cannot be opened.
-    """
-    from corral.store.sqlite import SqliteStore
-
-    if url.startswith(SQLITE_SCHEME + "/"):
-        return SqliteStore(url[len(SQLITE_SCHEME) :])
-    raise CorralError(
-        f"unsupported store URL {url!r} (only sqlite:///<path> is supported)",
-        kind=ErrorKind.INVALID,
-    )
+    """The store URL of a SQLite file (see :mod:`corral.store.url`)."""
+    return sqlite_url(path)
 
 
 def _check_inputs(

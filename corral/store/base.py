@@ -21,9 +21,9 @@ import abc
 import dataclasses
 import enum
 from collections.abc import Sequence
-from typing import Literal
+from typing import Literal, NewType
 
-from corral.common.errors import StoreError
+from corral.common.errors import ErrorKind, StoreError
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -37,13 +37,20 @@ class KeyValue:
     version: int
 
 
+#: An etcd lease (keys written with it vanish when it expires or is revoked).
+LeaseId = NewType("LeaseId", int)
+
 CompareTarget = Literal["version", "mod_revision", "create_revision", "value"]
 CompareOp = Literal["=", "!=", "<", ">"]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Compare:
-    """A condition of a transaction on one key (a missing key has version 0, revisions 0)."""
+    """A condition of a transaction on one key.
+
+    A missing key has version 0 and revisions 0; a ``value`` comparison on a missing key never
+    holds (etcd's rule: a missing value is not the empty value).
+    """
 
     key: str
     target: CompareTarget
@@ -64,7 +71,9 @@ class Compare:
         """Evaluate the condition against the key's current state."""
         actual: int | bytes
         if self.target == "value":
-            actual = kv.value if kv else b""
+            if kv is None:
+                return False
+            actual = kv.value
         elif kv is None:
             actual = 0
         else:
@@ -83,10 +92,11 @@ class Compare:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Put:
-    """Set a key."""
+    """Set a key (with ``lease``, the key is deleted when the lease ends; etcd only)."""
 
     key: str
     value: bytes
+    lease: LeaseId | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -178,6 +188,34 @@ class Store(abc.ABC):
     def close(self) -> None:
         """Release connections and files."""
 
+    # --- leases (etcd only; the defaults refuse) -------------------------------------------
+
+    def lease_grant(self, ttl: int) -> LeaseId:
+        """Create a lease that ends ``ttl`` seconds after its last refresh.
+
+        Raises:
+            StoreError: the store has no leases (kind INVALID; SQLite) or cannot be written.
+        """
+        raise StoreError(f"leases need etcd ({type(self).__name__})", kind=ErrorKind.INVALID)
+
+    def lease_refresh(self, lease: LeaseId) -> int:
+        """Keep ``lease`` alive; return its renewed TTL in seconds.
+
+        Raises:
+            StoreError: the lease expired or is unknown (kind NOT_FOUND), the store has no
+                leases (INVALID) or cannot be reached.
+        """
+        raise StoreError(f"leases need etcd ({type(self).__name__})", kind=ErrorKind.INVALID)
+
+    def lease_revoke(self, lease: LeaseId) -> None:
+        """End ``lease`` now, deleting its keys.
+
+        Raises:
+            StoreError: the lease is unknown (kind NOT_FOUND), the store has no leases
+                (INVALID) or cannot be written.
+        """
+        raise StoreError(f"leases need etcd ({type(self).__name__})", kind=ErrorKind.INVALID)
+
     # --- conveniences built on the primitives ---------------------------------------------
 
     def put(self, key: str, value: bytes) -> int:
@@ -211,6 +249,7 @@ __all__ = [
     "Event",
     "EventType",
     "KeyValue",
+    "LeaseId",
     "Op",
     "Put",
     "Store",

@@ -114,7 +114,13 @@ class SqliteStore(Store):
         success: Sequence[Op],
         failure: Sequence[Op] = (),
     ) -> TxnResult:
-        """See :meth:`Store.txn`."""
+        """See :meth:`Store.txn`.
+
+        Raises:
+            StoreError: also kind INVALID for a :class:`Put` with a lease (leases need etcd).
+        """
+        if any(isinstance(op, Put) and op.lease for op in (*success, *failure)):
+            raise StoreError("leases need etcd", kind=ErrorKind.INVALID, path=self.path)
         with self._lock:
             try:
                 self._db.execute("BEGIN IMMEDIATE")
