@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import IN_CI
+from tests.conftest import unavailable
 from tests.integration.harness import NOOP_OS, LocalCluster
 
 pytestmark = pytest.mark.slow
@@ -28,10 +28,7 @@ ADD = ["-t", "diskless", "--no-nics", "-o", "noop", "-H", "fake", "--no-start"]
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
     if not os.path.isdir(NOOP_OS):
-        msg = f"missing {NOOP_OS} (Debian package ganeti-os-noop)"
-        if IN_CI:
-            pytest.fail(msg)
-        pytest.skip(msg)
+        unavailable(f"missing {NOOP_OS} (Debian package ganeti-os-noop)")
     c = LocalCluster(tmp_path / "root", hypervisors=["fake"], cluster_name="clitest")
     try:
         yield c

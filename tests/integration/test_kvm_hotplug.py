@@ -37,7 +37,7 @@ from corral.hypervisor.kvm.cmdline import argv_names_instance, disk_ids
 from corral.hypervisor.kvm.driver import Kvm
 from corral.hypervisor.kvm.monitor import Monitor, QmpSession
 from corral.hypervisor.kvm.process import pid_alive, pid_cmdline, read_pidfile
-from tests.conftest import require_root, require_tool
+from tests.conftest import require_root, require_tool, unavailable
 from tests.integration.harness import LocalCluster
 
 pytestmark = pytest.mark.qemu
@@ -379,7 +379,7 @@ def _cpus_allowed(pid: int, tid: int) -> str:
 
 def test_cpu_pinning_per_vcpu_and_whole_process(guest: Guest) -> None:
     if (os.cpu_count() or 1) < 2:
-        pytest.skip("needs 2 CPUs")
+        unavailable("needs 2 CPUs")
     g, name = guest, "pin1"
     pid = g.start(g.spec(name, "pc", vcpus=2, cpu_mask="0:1"), paused=True)
     vcpus = {c.cpu_index: c.thread_id for c in g.qmp(name, QmpSession.query_cpus_fast)}

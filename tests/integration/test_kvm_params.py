@@ -42,7 +42,7 @@ from corral.hypervisor.kvm.driver import Kvm
 from corral.hypervisor.kvm.probe import QemuProber
 from corral.hypervisor.kvm.process import pid_alive, pid_cmdline, read_pidfile
 from corral.hypervisor.kvm.runtime import InstanceLayout
-from tests.conftest import IN_CI, require_root, require_tool
+from tests.conftest import require_root, require_tool, unavailable
 from tests.integration.harness import free_port
 from tests.unit.hypervisor.test_kvm_probe import caps_of
 
@@ -195,7 +195,10 @@ def test_probing_the_installed_qemu_matches_the_captured_outputs():
     caps = prober.caps(QEMU)
     captured = caps_of("7.2", QEMU)
     if caps.version != captured.version:
-        pytest.skip(f"this machine's QEMU is {caps.version}, the capture is {captured.version}")
+        unavailable(
+            f"this machine's QEMU is {caps.version}, the capture is {captured.version}: "
+            "capture tests/data/qemu/<version>/ again (see its README)"
+        )
     assert caps == captured
     curl_module = any(
         os.path.exists(os.path.join(d, "block-curl.so"))
@@ -357,9 +360,7 @@ def test_vnc_with_a_password_file_requires_vnc_authentication(node):
 
 def test_uefi_boot_with_a_per_instance_variables_store(node):
     if not os.path.isfile("/usr/share/OVMF/OVMF_CODE_4M.fd"):
-        if IN_CI:
-            pytest.fail("CI must install ovmf (scripts/system-packages.txt)")
-        pytest.skip("ovmf is not installed")
+        unavailable("ovmf is not installed")
     spec = node.spec("uefi1", firmware="uefi").model_copy(update={"memory": 256})
     node.start(spec)
     node.wait_serial("uefi1", r"CORRAL-GUEST-UP uefi1")

@@ -27,7 +27,7 @@ from corral.rpc.calls import (
     OsVerifyRequest,
 )
 from corral.storage.base import VolumeSpec
-from tests.conftest import IN_CI, require_tool
+from tests.conftest import require_tool, unavailable
 
 REPO = Path(__file__).resolve().parents[2]
 NOOP_DIR = "/usr/share/ganeti/os/noop"
@@ -53,7 +53,7 @@ def backend(paths: Paths) -> NodeBackend:
     require_tool("qemu-img", "mkfs.ext4", "debugfs", "dpkg-deb", "cpio", "apt-get")
     if not os.access("/bin/busybox", os.X_OK):
         msg = "/bin/busybox missing (busybox-static)"
-        pytest.fail(msg) if IN_CI else pytest.skip(msg)
+        unavailable(msg)
     return NodeBackend(paths, "node1")
 
 
@@ -192,7 +192,7 @@ def noop_paths(paths: Paths) -> Paths:
     """The node's OS search path holds Debian's noop definition, unchanged (a symlink to it)."""
     if not os.path.isdir(NOOP_DIR):
         msg = f"{NOOP_DIR} missing (apt-get install ganeti-os-noop)"
-        pytest.fail(msg) if IN_CI else pytest.skip(msg)
+        unavailable(msg)
     search = Path(paths.os_search_path[2])  # <root>/usr/share/ganeti/os, like Debian's
     search.mkdir(parents=True)
     os.symlink(NOOP_DIR, search / "noop")

@@ -16,7 +16,7 @@ import textwrap
 
 import pytest
 
-from tests.conftest import IN_CI
+from tests.conftest import unavailable
 from tests.integration.harness import LocalCluster
 
 DEBIAN_PYTHON = "/usr/bin/python3"
@@ -41,10 +41,7 @@ def _need_ganeti_client() -> None:
     if not os.path.isdir(NOOP_OS):
         missing.append("ganeti-os-noop")
     if missing:
-        msg = f"missing: {', '.join(missing)}"
-        if IN_CI:
-            pytest.fail(msg + " (CI must install them; see scripts/system-packages.txt)")
-        pytest.skip(msg)
+        unavailable(f"missing: {', '.join(missing)}")
 
 
 @pytest.fixture

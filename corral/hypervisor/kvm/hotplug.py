@@ -281,6 +281,15 @@ class KvmHotplug(KvmHostPrep):
             ]
         save_runtime(layout, runtime)
 
+    def _plug(self, proc: QemuProcess, rv: Reverter, text: str, device_id: str) -> None:
+        """``device_add`` the ``-device`` value ``text``; on a later failure ``rv`` unplugs it.
+
+        Raises:
+            HypervisorError: QEMU refused the device.
+        """
+        self._qmp(proc, QmpSession.device_add, device_qmp(text))
+        rv.add(functools.partial(self._unplug, proc, device_id), f"device_del {device_id}")
+
     def _unplug(self, proc: QemuProcess, device_id: str) -> None:
         """``device_del`` and wait for ``DEVICE_DELETED`` (a device already gone is fine).
 
@@ -430,12 +439,7 @@ class KvmHotplug(KvmHostPrep):
                                 f"blockdev-del {node}",
                             )
                         elif option == "-device":
-                            dev = device_qmp(text)
-                            self._qmp(proc, QmpSession.device_add, dev)
-                            rv.add(
-                                functools.partial(self._unplug, proc, record.device_id),
-                                f"device_del {record.device_id}",
-                            )
+                            self._plug(proc, rv, text, record.device_id)
                 except HypervisorError as exc:
                     raise self._wrap(exc, f"cannot {what}") from exc
                 runtime.disks = _inserted(runtime.disks, record)
@@ -554,12 +558,7 @@ class KvmHotplug(KvmHostPrep):
                                 f"netdev_del {netdev}",
                             )
                         elif option == "-device":
-                            dev = device_qmp(text)
-                            self._qmp(proc, QmpSession.device_add, dev)
-                            rv.add(
-                                functools.partial(self._unplug, proc, record.device_id),
-                                f"device_del {record.device_id}",
-                            )
+                            self._plug(proc, rv, text, record.device_id)
                 except HypervisorError as exc:
                     raise self._wrap(exc, f"cannot {what}") from exc
                 runtime.nics = _inserted(runtime.nics, record)
