@@ -15,6 +15,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from corral.common.errors import ParamError
 
 
+_REGISTRY: dict[str, type[OpCode]] = {}
+
+
 class OpCode(BaseModel):
     """Base of all opcodes."""
 
@@ -30,6 +33,20 @@ class OpCode(BaseModel):
     reason: list[list[Any]] = Field(default_factory=list)
     comment: str | None = None
     depends: list[Any] | None = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Register every concrete opcode (one that sets ``OP_ID``) under its OP_ID.
+
+        Raises:
+            ValueError: two opcode classes claim the same OP_ID.
+        """
+        super().__init_subclass__(**kwargs)
+        op_id = cls.__dict__.get("OP_ID")
+        if op_id is None:
+            return
+        if op_id in _REGISTRY and _REGISTRY[op_id] is not cls:
+            raise ValueError(f"two opcodes named {op_id}")
+        _REGISTRY[op_id] = cls
 
     def summary(self) -> str:
         """Ganeti-style summary, ``INSTANCE_STARTUP(vm1)``."""
@@ -291,31 +308,9 @@ class OpTagsDel(OpCode):
     tags: list[str]
 
 
-#: Every opcode by its OP_ID.
-OPCODES: dict[str, type[OpCode]] = {
-    cls.OP_ID: cls
-    for cls in (
-        OpTestDelay,
-        OpOsDiagnose,
-        OpInstanceCreate,
-        OpInstanceRemove,
-        OpInstanceStartup,
-        OpInstanceShutdown,
-        OpInstanceReboot,
-        OpInstancePause,
-        OpInstanceResume,
-        OpInstanceSuspend,
-        OpInstanceUnsuspend,
-        OpInstanceSetParams,
-        OpInstanceGrowDisk,
-        OpInstanceRename,
-        OpInstanceReinstall,
-        OpInstanceConsole,
-        OpInstanceQueryData,
-        OpTagsSet,
-        OpTagsDel,
-    )
-}
+#: Every opcode by its OP_ID (filled by :meth:`OpCode.__init_subclass__`; the opcode modules
+#: of other areas are imported at the end of this module so that they register too).
+OPCODES: dict[str, type[OpCode]] = _REGISTRY
 
 
 def opcode_from_dict(data: dict[str, Any]) -> OpCode:
@@ -345,3 +340,11 @@ def validation_problems(exc: ValidationError) -> dict[str, str]:
             msg = "unknown field"
         problems[loc] = msg
     return problems
+
+
+# NOTE: imported last (they subclass OpCode) so that their opcodes are in OPCODES.
+from corral.objects import (  # noqa: E402, F401
+    opcodes_cluster,
+    opcodes_mobility,
+    opcodes_node,
+)

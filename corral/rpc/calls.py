@@ -571,3 +571,19 @@ CALLS: dict[str, Call[Any, Any]] = {
         ABORT_MIGRATION,
     )
 }
+
+
+def register_calls(*calls: Call[Any, Any]) -> None:
+    """Add the calls of another module (``calls_<area>.py``) to :data:`CALLS`.
+
+    Raises:
+        ValueError: a call of that wire name exists already.
+    """
+    for call in calls:
+        if call.name in CALLS and CALLS[call.name] is not call:
+            raise ValueError(f"two RPC calls named {call.name}")
+        CALLS[call.name] = call
+
+
+# NOTE: imported last: these modules build on the models above and register their calls.
+from corral.rpc import calls_cluster, calls_mobility, calls_nodes  # noqa: E402, F401

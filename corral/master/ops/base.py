@@ -201,9 +201,13 @@ def operation_class(op_id: str) -> type[Operation[Any]]:
 def load_operations() -> None:
     """Import every operation module so they register themselves."""
     from corral.master.ops import (  # noqa: F401
+        cluster,
+        groups,
         instance,
         instance_modify,
         instance_power,
         instance_query,
         misc,
+        mobility,
+        nodes,
     )

@@ -527,3 +527,9 @@ class NodeBackend:
             ParamError: bad hpath, phase or environment (nothing ran).
         """
         return HooksRunResponse(results=self.hooks.run(req.hpath, req.phase, req.env))
+
+    # --- issue 4: cluster membership (node join, file distribution, certificates) --------
+
+    # --- issue 4: instance mobility (disk transfer between nodes, shared storage) ---------
+
+    # --- issue 4: cluster verify and the watcher ------------------------------------------

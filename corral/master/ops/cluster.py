@@ -1,0 +1,3 @@
+"""Operations: cluster (issue 4)."""
+
+from __future__ import annotations

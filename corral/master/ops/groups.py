@@ -1,0 +1,3 @@
+"""Operations: groups (issue 4)."""
+
+from __future__ import annotations

@@ -1,0 +1,3 @@
+"""Operations: nodes (issue 4)."""
+
+from __future__ import annotations

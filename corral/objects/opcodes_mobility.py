@@ -1,0 +1,3 @@
+"""Opcodes that move instances between nodes (migrate, failover, move, node evacuate)."""
+
+from __future__ import annotations
