@@ -15,7 +15,7 @@ import traceback
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from bench import hotplug, instance_start, job_latency, list_scale, migration
+from bench import hotplug, instance_start, job_latency, list_scale, lxc, migration
 from bench.harness import install_signal_handlers
 
 BENCHMARKS: dict[str, Callable[[bool], dict[str, Any]]] = {
@@ -24,6 +24,7 @@ BENCHMARKS: dict[str, Callable[[bool], dict[str, Any]]] = {
     list_scale.NAME: list_scale.run,
     hotplug.NAME: hotplug.run,
     migration.NAME: migration.run,
+    lxc.NAME: lxc.run,
 }
 
 

@@ -14,10 +14,12 @@ from corral.common.paths import Paths
 from corral.hypervisor.base import Hypervisor
 from corral.hypervisor.fake import FakeHypervisor
 from corral.hypervisor.kvm.driver import Kvm
+from corral.hypervisor.lxc.driver import Lxc
 
 #: Every hypervisor Corral knows, by the name used in hvparams and ``enabled_hypervisors``.
 HYPERVISORS: dict[str, type[Hypervisor]] = {
     Kvm.NAME: Kvm,
+    Lxc.NAME: Lxc,
     FakeHypervisor.NAME: FakeHypervisor,
 }
 

@@ -647,5 +647,151 @@ FAKE_HVPARAMS = Schema.of(
     ],
 )
 
+# --- LXC (issue 5; the driver is corral/hypervisor/lxc/) -------------------------------------
+
+#: Devices a container may use (Ganeti's list): null, zero, full, random, urandom, tty,
+#: console, ptmx and the pts terminals.
+LXC_DEFAULT_DEVICES = (
+    "c 1:3 rw,c 1:5 rw,c 1:7 rw,c 1:8 rw,c 1:9 rw,c 5:0 rw,c 5:1 rw,c 5:2 rw,c 136:* rw"
+)
+#: Capabilities dropped from every container unless lxc_drop_capabilities says otherwise.
+LXC_DEFAULT_DROP_CAPS = "mac_override,sys_boot,sys_module,sys_time"
+
+_LXC_DEVICE = re.compile(r"^[abc] (\d+|\*):(\d+|\*) [rwm]{1,3}$")
+_LXC_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+_LXC_CGROUP_KEY = re.compile(r"^[a-z][a-z0-9_]*\.[a-z0-9_.]+$")
+_LXC_CONF_KEY = re.compile(r"^lxc\.[a-z0-9_.]+$")
+
+
+def lxc_list(value: str, sep: str = ",") -> list[str]:
+    """The non-empty, stripped items of an LXC list parameter."""
+    return [item.strip() for item in value.split(sep) if item.strip()]
+
+
+def lxc_pairs(value: str) -> list[tuple[str, str]]:
+    """``key=value`` items separated by ``;`` (lxc_extra_cgroups, lxc_extra_config).
+
+    Raises:
+        ValueError: an item without ``=`` (the reason names it).
+    """
+    pairs = []
+    for item in lxc_list(value, ";"):
+        key, eq, val = item.partition("=")
+        if not eq or not key.strip():
+            raise ValueError(f"{item!r} is not key=value")
+        pairs.append((key.strip(), val.strip()))
+    return pairs
+
+
+def _lxc_devices(value: Any) -> str | None:
+    if not _SAFE_TEXT.match(value):
+        return "must not contain NUL or newline characters"
+    bad = [d for d in lxc_list(value) if not _LXC_DEVICE.match(d)]
+    if bad:
+        return (
+            "must be devices 'TYPE MAJOR:MINOR ACCESS' separated by commas (TYPE a, b or c; "
+            "MAJOR/MINOR a number or *; ACCESS of r, w, m), e.g. 'c 1:3 rw,c 136:* rw'; bad: "
+            + ", ".join(repr(b) for b in bad)
+        )
+    return None
+
+
+def _lxc_names(what: str) -> Callable[[Any], str | None]:
+    def check(value: Any) -> str | None:
+        bad = [n for n in lxc_list(value) if not _LXC_NAME.match(n)]
+        if bad:
+            return f"must be {what} separated by commas; bad: {', '.join(repr(b) for b in bad)}"
+        return None
+
+    return check
+
+
+def _lxc_pairs_check(key_re: re.Pattern[str], example: str) -> Callable[[Any], str | None]:
+    def check(value: Any) -> str | None:
+        if not _SAFE_TEXT.match(value):
+            return "must not contain NUL or newline characters"
+        try:
+            pairs = lxc_pairs(value)
+        except ValueError as exc:
+            return f"must be key=value items separated by ';' (e.g. {example!r}): {exc}"
+        bad = [k for k, _ in pairs if not key_re.match(k)]
+        if bad:
+            return f"bad key(s) {', '.join(repr(b) for b in bad)} (e.g. {example!r})"
+        return None
+
+    return check
+
+
+LXC_HVPARAMS = Schema.of(
+    "hvparams/lxc",
+    [
+        cpu_mask_param(
+            "CPUs the container may run on (its cpuset), in Ganeti's syntax; per-vCPU masks "
+            "('0:1') are joined, since a container has no vCPUs of its own. Changed live by "
+            "instance modify / pinning."
+        ),
+        ParamSpec(
+            name="lxc_cgroup_use",
+            coerce=as_str,
+            default="",
+            check=_lxc_names("cgroup controller names (memory, cpuset, ...)"),
+            type_name="string",
+            doc="Comma-separated cgroup controllers that must be available on the node for "
+            "the container to start (memory and cpuset are always needed).",
+        ),
+        ParamSpec(
+            name="lxc_devices",
+            coerce=as_str,
+            default=LXC_DEFAULT_DEVICES,
+            check=_lxc_devices,
+            type_name="string",
+            doc="Devices the container may use (the devices cgroup allow list; everything "
+            "else is denied): comma-separated 'TYPE MAJOR:MINOR ACCESS' entries.",
+        ),
+        ParamSpec(
+            name="lxc_drop_capabilities",
+            coerce=as_str,
+            default=LXC_DEFAULT_DROP_CAPS,
+            check=_lxc_names("capability names without the cap_ prefix (sys_module, ...)"),
+            type_name="string",
+            doc="Comma-separated capabilities dropped from the container (lxc.cap.drop).",
+        ),
+        ParamSpec(
+            name="lxc_extra_cgroups",
+            coerce=as_str,
+            default="",
+            check=_lxc_pairs_check(_LXC_CGROUP_KEY, "memory.swappiness=10;pids.max=500"),
+            type_name="string",
+            doc="Extra cgroup settings 'controller.key=value', separated by ';' (written as "
+            "lxc.cgroup.* or lxc.cgroup2.* depending on where the controller is mounted).",
+        ),
+        ParamSpec(
+            name="lxc_extra_config",
+            coerce=as_str,
+            default="",
+            check=_lxc_pairs_check(_LXC_CONF_KEY, "lxc.environment=FOO=1;lxc.tty.max=2"),
+            type_name="string",
+            doc="Extra lxc.conf lines 'lxc.key=value', separated by ';', appended after "
+            "Corral's own lines (LXC itself rejects unknown keys when the container starts).",
+        ),
+        ParamSpec(
+            name="lxc_startup_timeout",
+            coerce=as_int,
+            default=30,
+            check=in_range(1, 3600),
+            type_name="int",
+            doc="Seconds the container may take to reach RUNNING after lxc-start.",
+        ),
+        ParamSpec(
+            name="lxc_tty",
+            coerce=as_int,
+            default=6,
+            check=in_range(0, 64),
+            type_name="int",
+            doc="Number of ttys (lxc.tty.max) created in the container besides its console.",
+        ),
+    ],
+)
+
 #: Hypervisor name -> hvparams schema.
-HV_SCHEMAS: dict[str, Schema] = {"kvm": KVM_HVPARAMS, "fake": FAKE_HVPARAMS}
+HV_SCHEMAS: dict[str, Schema] = {"kvm": KVM_HVPARAMS, "fake": FAKE_HVPARAMS, "lxc": LXC_HVPARAMS}
