@@ -14,7 +14,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from corral.common.errors import ParamError
 
-
 _REGISTRY: dict[str, type[OpCode]] = {}
 
 
