@@ -8,6 +8,10 @@ and the built-in ``busybox`` OS (64 MiB file disk, 128 MiB, no NIC).
 * **start / stop through Corral**: ``corral instance start`` until ``CORRAL-GUEST-UP``;
   ``corral instance stop`` until the command returns (the container is gone, its rootfs
   unmounted and its loop device detached).
+* **the CLI + job floor**, measured in the same rounds: ``corral instance start`` of the
+  container while it already runs and ``corral instance stop`` while it is already stopped
+  (the same CLI process, job, master op and node RPC, one ``lxc-info``; no container work).
+  Start/stop minus the floor is what the LXC driver itself adds on top of the job path.
 * **raw LXC on the same container**: the disk attached (``losetup``) and mounted by the
   benchmark, the **same lxc.conf** the driver generated (captured while Corral ran it, with
   the console/log paths moved to a scratch directory), ``lxc-start -d`` until
@@ -68,6 +72,8 @@ def run_bench(rounds: int) -> dict[str, Any]:
     c_stop: list[float] = []
     r_start: list[float] = []
     r_stop: list[float] = []
+    f_start: list[float] = []
+    f_stop: list[float] = []
     cluster = BenchCluster.create(hypervisors=["lxc"], kernel_cache=True)
     root = cluster.root
     try:
@@ -109,8 +115,14 @@ def run_bench(rounds: int) -> dict[str, Any]:
                     _wait_text(console, UP)
                     c_start.append(time.perf_counter() - t0)
                     t0 = time.perf_counter()
+                    cluster.cli("instance", "start", "ct1")  # already runs: the floor
+                    f_start.append(time.perf_counter() - t0)
+                    t0 = time.perf_counter()
                     cluster.cli("instance", "stop", "ct1")
                     c_stop.append(time.perf_counter() - t0)
+                    t0 = time.perf_counter()
+                    cluster.cli("instance", "stop", "ct1")  # already stopped: the floor
+                    f_stop.append(time.perf_counter() - t0)
                 else:
                     loop = mounts.attach_loop(runcmd.run, disk)
                     try:
@@ -142,6 +154,12 @@ def run_bench(rounds: int) -> dict[str, Any]:
         "corral_stop_s": summary(c_stop),
         "raw_lxc_start_s": summary(r_start),
         "raw_lxc_stop_s": summary(r_stop),
+        "cli_job_floor_start_s": summary(f_start),
+        "cli_job_floor_stop_s": summary(f_stop),
+        # paired per round (the floor runs right after the real command), then the median:
+        # far less noisy than a difference of medians on a loaded machine
+        "driver_start_over_floor_s": med(c - f for c, f in zip(c_start, f_start, strict=True)),
+        "driver_stop_over_floor_s": med(c - f for c, f in zip(c_stop, f_stop, strict=True)),
         "start_ratio": med(c_start) / med(r_start),
         "stop_ratio": med(c_stop) / med(r_stop),
     }
@@ -172,6 +190,14 @@ def run(quick: bool = False) -> dict[str, Any]:
              ms(data["raw_lxc_start_s"]["p50"]), f"{data['start_ratio']:.2f}"],
             ["stop (clean)", ms(data["corral_stop_s"]["p50"]),
              ms(data["raw_lxc_stop_s"]["p50"]), f"{data['stop_ratio']:.2f}"],
+            ["CLI + job floor: start (already running)", ms(data["cli_job_floor_start_s"]["p50"]),
+             "", ""],
+            ["CLI + job floor: stop (already stopped)", ms(data["cli_job_floor_stop_s"]["p50"]),
+             "", ""],
+            ["start minus floor (median of rounds)", ms(data["driver_start_over_floor_s"]),
+             ms(data["raw_lxc_start_s"]["p50"]), ""],
+            ["stop minus floor (median of rounds)", ms(data["driver_stop_over_floor_s"]),
+             ms(data["raw_lxc_stop_s"]["p50"]), ""],
         ],
     )  # fmt: skip
     write_results(NAME, data)

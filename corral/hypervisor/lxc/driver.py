@@ -298,14 +298,19 @@ class Lxc(Hypervisor):
                     exitcode=exc.rc,
                     log_tail=log_tail(files.lxc_log, since=since) or exc.stderr,
                 ) from exc
-            if not self.tools.wait(spec.name, "RUNNING", timeout=timeout):
-                raise LaunchError(
-                    f"container {spec.name} did not reach RUNNING within {timeout:g}s",
-                    argv=argv,
-                    exitcode=None,
-                    log_tail=log_tail(files.lxc_log, since=since),
-                )
+            # NOTE: `lxc-start -d` returns once the container runs (or failed), so one
+            # lxc-info usually settles it; lxc-wait runs only when it is still starting (a
+            # container that already stopped again is reported below, without waiting).
             state, pid = self.tools.info(spec.name)
+            if state != "STOPPED" and (state != "RUNNING" or pid is None):
+                if not self.tools.wait(spec.name, "RUNNING", timeout=timeout):
+                    raise LaunchError(
+                        f"container {spec.name} did not reach RUNNING within {timeout:g}s",
+                        argv=argv,
+                        exitcode=None,
+                        log_tail=log_tail(files.lxc_log, since=since),
+                    )
+                state, pid = self.tools.info(spec.name)
             if pid is None:
                 raise LaunchError(
                     f"container {spec.name} stopped right after starting ({state.lower()})",
