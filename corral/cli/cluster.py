@@ -1,4 +1,4 @@
-"""``corral cluster init|info|destroy|version|getmaster``.
+"""``corral cluster init|move-store|info|destroy|version|getmaster``.
 
 ``init`` and ``destroy`` work on this host's files directly (``master/bootstrap.py``) and
 start/stop the daemons; everything else goes through the API.
@@ -6,7 +6,6 @@ start/stop the daemons; everything else goes through the API.
 
 from __future__ import annotations
 
-import os
 import socket
 from collections.abc import Sequence
 from typing import Annotated, Any
@@ -49,14 +48,18 @@ def cluster_init(
     enabled_disk_templates: str | None = None,
     mac_prefix: str | None = None,
     start: bool = True,
+    store: str | None = None,
 ) -> None:
     """Initialise a cluster on this host and start its daemons.
+
+    ``store`` is ``etcd://host:port[,host:port...]`` to keep the state in etcd (default: a
+    SQLite file on this host).
 
     Raises:
         UsageError: an option value cannot be parsed.
         CorralError: the master's bootstrap refused (naming the field), or a daemon failed.
     """
-    from corral.master.bootstrap import admin_password_file, init_cluster
+    from corral.master.bootstrap import admin_password_file, init_cluster, load_cluster_conf
 
     hvs = [h.strip() for h in enabled_hypervisors.split(",") if h.strip()]
     if not hvs:
@@ -88,12 +91,16 @@ def cluster_init(
         kwargs["enabled_disk_templates"] = [t.strip() for t in enabled_disk_templates.split(",")]
     if mac_prefix:
         kwargs["mac_prefix"] = mac_prefix
+    if store:
+        kwargs["store"] = store
     cluster = init_cluster(cli.paths, **kwargs)
     cli.print(
         f"Cluster {cluster.name} initialised; master node {cluster.master_node} "
         f"({kwargs['node_address']})"
     )
     cli.print(f"RAPI user 'admin': password in {admin_password_file(cli.paths)}")
+    if store:
+        cli.print(f"Cluster state in {load_cluster_conf(cli.paths).store}")
     if start:
         start_daemons(cli.paths, cli=cli)
 
@@ -104,12 +111,13 @@ def stored_instance_names(paths: Paths) -> list[str]:
     Raises:
         StoreError: the store cannot be opened or read.
     """
-    from corral.master.bootstrap import open_store, store_url
+    from corral.master.bootstrap import cluster_store_url, open_store
     from corral.master.config import ClusterConfig
 
-    if not os.path.exists(paths.store_db):
+    url = cluster_store_url(paths)
+    if url is None:
         return []
-    store = open_store(store_url(paths.store_db))
+    store = open_store(url)
     try:
         return sorted(inst.name for inst in ClusterConfig(store).instances())
     finally:
@@ -174,6 +182,75 @@ def cluster_destroy(cli: Cli, *, yes_do_it: bool, force: bool = False) -> None:
     cli.print("Cluster destroyed")
 
 
+def cluster_move_store(cli: Cli, target: str) -> None:
+    """Move this single-host cluster's state from SQLite onto etcd (``master/storemove.py``).
+
+    Refuses (changing nothing, the master keeps running) while jobs are unfinished, or when
+    etcd is unreachable or already holds Corral keys. Otherwise stops the master daemon (the
+    only writer of the store), moves the state and starts the master again — on etcd after
+    a successful move, on the unchanged SQLite store after a failed one.
+
+    Raises:
+        OpError: unfinished jobs (kind WRONG_STATE).
+        StoreError: etcd unreachable or not empty, or the copy failed (everything copied was
+            deleted again).
+        CorralError: no cluster here, it is already on etcd, or the master did not restart.
+    """
+    from corral.master.bootstrap import check_etcd_target, load_cluster_conf, open_store
+    from corral.master.storemove import move_store, unfinished_jobs
+    from corral.store.url import is_etcd, normalize_url
+
+    conf = load_cluster_conf(cli.paths)
+    if is_etcd(conf.store):
+        raise CorralError(
+            f"the cluster's store is already etcd ({conf.store}); nothing to move",
+            kind=ErrorKind.WRONG_STATE,
+        )
+    if not is_etcd(target):
+        raise UsageError(f"the target must be etcd://host:port[,host:port...], not {target!r}")
+    url = normalize_url(target)
+    master_pid = daemonize.daemon_status(cli.paths.pid_file(MASTER), name=MASTER)
+    if master_pid is not None:
+        # NOTE: checked before stopping the master so that a refusal changes nothing;
+        # move_store checks again once the master (the only writer) is stopped.
+        source = open_store(conf.store)
+        try:
+            jobs = unfinished_jobs(source)
+        finally:
+            source.close()
+        if jobs:
+            raise OpError(
+                f"{len(jobs)} job(s) are not finished ("
+                + ", ".join(str(j) for j, _ in jobs[:10])
+                + "); wait for them or cancel them, then move the store; nothing was changed",
+                kind=ErrorKind.WRONG_STATE,
+            )
+        check_etcd_target(url, action="cluster move-store")
+        daemonize.stop_daemon(cli.paths.pid_file(MASTER), 30.0, name=MASTER)
+        cli.print(f"{MASTER} stopped for the move")
+    try:
+        result = move_store(cli.paths, url, progress=cli.print)
+    except BaseException:  # also Ctrl-C: the master must come back
+        if master_pid is not None:
+            _restart_master(cli)
+        raise
+    if master_pid is not None:
+        start_daemons(cli.paths, cli=cli)
+    cli.print(
+        f"Cluster state moved to {result.target}: {result.keys} keys in "
+        f"{result.transactions} transaction(s), {result.seconds:.1f}s; "
+        f"the SQLite store is kept as {result.backup}"
+    )
+
+
+def _restart_master(cli: Cli) -> None:
+    """Start the master again after a failed move (a failure to do so is only printed)."""
+    try:
+        start_daemons(cli.paths, cli=cli)
+    except CorralError as exc:
+        cli.error(f"error: the master did not start again: {exc}")
+
+
 @app.command("init")
 def init_cmd(
     ctx: typer.Context,
@@ -206,6 +283,14 @@ def init_cmd(
     ] = None,
     enabled_disk_templates: Annotated[str | None, typer.Option("--enabled-disk-templates")] = None,
     mac_prefix: Annotated[str | None, typer.Option("--mac-prefix")] = None,
+    store: Annotated[
+        str | None,
+        typer.Option(
+            "--store",
+            help="Where the cluster state lives: etcd://host:port[,host:port...] "
+            "(default: a SQLite file on this host).",
+        ),
+    ] = None,
     no_start: Annotated[bool, typer.Option("--no-start", help="Do not start the daemons.")] = False,
 ) -> None:
     """Initialise a cluster with this host as master, and start the daemons."""
@@ -229,9 +314,22 @@ def init_cmd(
                 enabled_disk_templates=enabled_disk_templates,
                 mac_prefix=mac_prefix,
                 start=not no_start,
+                store=store,
             ),
         )
     )
+
+
+@app.command("move-store")
+def move_store_cmd(
+    ctx: typer.Context,
+    target: Annotated[
+        str, typer.Argument(help="The etcd to move onto: etcd://host:port[,host:port...].")
+    ],
+) -> None:
+    """Move the cluster's state from SQLite onto an empty etcd (the master restarts)."""
+    cli: Cli = ctx.obj
+    raise typer.Exit(run_command(cli, lambda: cluster_move_store(cli, target)))
 
 
 @app.command("info")
@@ -246,6 +344,15 @@ def getmaster_cmd(ctx: typer.Context) -> None:
     """Print the master node's name."""
     cli: Cli = ctx.obj
     raise typer.Exit(run_command(cli, lambda: cluster_actions.cluster_getmaster(cli)))
+
+
+@app.command("master-failover")
+def master_failover_cmd(ctx: typer.Context) -> None:
+    """Make this node (a master candidate) the master."""
+    from corral.cli.leader import cluster_master_failover
+
+    cli: Cli = ctx.obj
+    raise typer.Exit(run_command(cli, lambda: cluster_master_failover(cli)))
 
 
 @app.command("version")

@@ -3,7 +3,9 @@
 :func:`init_cluster` lays out everything a single-host cluster needs under ``paths``:
 
 * the cluster CA, this node's certificate (name + address) and the RAPI certificate;
-* the SQLite store holding the :class:`Cluster` and this :class:`Node`;
+* the store holding the :class:`Cluster` and this :class:`Node`: a SQLite file under the
+  data dir by default, or an etcd cluster (``store="etcd://h:p[,h:p...]"``), which must be
+  reachable and hold no Corral keys yet (nothing is created otherwise);
 * the RAPI users file (Ganeti format) with a generated ``admin`` user with write access,
   whose password is stored as ``{HA1}md5("admin:Ganeti Remote API:<password>")``; the clear
   password goes to ``<data_dir>/rapi/admin-password`` (mode 0600, root only);
@@ -35,16 +37,23 @@ from corral.common.errors import CorralError, ErrorKind, OpError, ParamError, St
 from corral.common.fileio import read_text, remove_file, write_atomic
 from corral.common.paths import DEFAULT_NODED_PORT, DEFAULT_RAPI_PORT, Paths
 from corral.common.revert import Reverter
-from corral.master.config import CLUSTER_KEY, INSTANCES_PREFIX, ClusterConfig, encode, node_key
+from corral.master.config import (
+    CLUSTER_KEY,
+    INSTANCES_PREFIX,
+    ROOT,
+    ClusterConfig,
+    encode,
+    node_key,
+)
 from corral.master.ops.common import MAC_PREFIX_RE, check_beparams
 from corral.objects.cluster import Cluster
 from corral.objects.node import Node
 from corral.objects.params.hv import HV_SCHEMAS
 from corral.objects.params.schemas import NICPARAMS
 from corral.objects.units import check_name
-from corral.store.base import Compare, Put
+from corral.store.base import Compare, Delete, Put, Store
+from corral.store.url import is_etcd, normalize_url, sqlite_url
 from corral.store.url import open_store as open_store  # re-exported for daemon/cli
-from corral.store.url import sqlite_url
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +62,8 @@ ADMIN_USER = "admin"
 #: Realm of Ganeti's RAPI HA1 password hashes.
 RAPI_REALM = "Ganeti Remote API"
 SQLITE_SCHEME = "sqlite://"
+#: Seconds an etcd that is to receive a new cluster gets to answer before init/move give up.
+PROBE_TIMEOUT = 5.0
 
 
 class ClusterConf(BaseModel):
@@ -115,6 +126,72 @@ def store_url(path: str) -> str:
     return sqlite_url(path)
 
 
+def cluster_store_url(paths: Paths) -> str | None:
+    """The URL of this host's cluster store, or None if there is no cluster here.
+
+    ``cluster.json``'s URL, else the SQLite file's if it exists.
+
+    Raises:
+        CorralError: ``cluster.json`` exists but is unreadable or invalid (kind ENVIRONMENT).
+    """
+    if os.path.exists(paths.cluster_conf):
+        return load_cluster_conf(paths).store
+    if os.path.exists(paths.store_db):
+        return store_url(paths.store_db)
+    return None
+
+
+def describe_corral_keys(store: Store) -> str | None:
+    """What Corral state ``store`` holds already, in words, or None.
+
+    None means no key under ``/corral/``; otherwise e.g. "cluster 'prod' (12 keys under ...)".
+
+    Raises:
+        StoreError: the store cannot be read (etcd unreachable: kind ENVIRONMENT).
+    """
+    kvs = store.range(ROOT)
+    if not kvs:
+        return None
+    name = None
+    for kv in kvs:
+        if kv.key == CLUSTER_KEY:
+            try:
+                name = Cluster.model_validate_json(kv.value).name
+            except ValidationError:
+                name = "?"
+    what = f"cluster {name!r}" if name else "Corral keys"
+    return f"{what} ({len(kvs)} keys under {ROOT})"
+
+
+def check_etcd_target(url: str, *, action: str) -> None:
+    """Make sure the etcd at ``url`` answers and holds no Corral state.
+
+    Raises:
+        StoreError: etcd cannot be reached (kind ENVIRONMENT) or already holds Corral keys
+            (kind EXISTS, naming the cluster); the message says that nothing was changed.
+    """
+    store = open_store(url, timeout=PROBE_TIMEOUT, retry_for=PROBE_TIMEOUT)
+    try:
+        try:
+            found = describe_corral_keys(store)
+        except StoreError as exc:
+            raise StoreError(
+                f"{action}: cannot use etcd at {url}: {exc}; nothing was changed",
+                kind=exc.kind,
+                url=url,
+            ) from exc
+    finally:
+        store.close()
+    if found:
+        raise StoreError(
+            f"{action}: etcd at {url} already holds {found}; use another etcd (or remove "
+            f"those keys, e.g. 'etcdctl del --prefix {ROOT}', if that cluster is gone); "
+            "nothing was changed",
+            kind=ErrorKind.EXISTS,
+            url=url,
+        )
+
+
 def _check_inputs(
     *,
     cluster_name: str,
@@ -171,6 +248,8 @@ def init_cluster(
     enabled_disk_templates: Sequence[str] = ("file", "diskless"),
     mac_prefix: str = "aa:00:00",
     admin_password: str | None = None,
+    shared_file_storage_dir: str = "",
+    store: str | None = None,
 ) -> Cluster:
     """Initialise a cluster whose master is this host (see the module docstring).
 
@@ -190,16 +269,26 @@ def init_cluster(
         enabled_disk_templates: disk templates instances may use.
         mac_prefix: first three bytes of generated MAC addresses.
         admin_password: the RAPI admin password (default: generated).
+        shared_file_storage_dir: where ``sharedfile`` disks go, the same path on every node
+            ("" = none; checked like ``file_storage_dir``).
+        store: the store URL: ``etcd://host:port[,host:port...]`` (the members of one etcd
+            cluster) or ``sqlite:///path``; default the SQLite file ``paths.store_db``.
 
     Returns:
         The new cluster object.
 
     Raises:
         ParamError: a bad argument, naming it (nothing was created).
+        StoreError: the etcd store cannot be reached (kind ENVIRONMENT) or already holds a
+            cluster (kind EXISTS, naming it); nothing was created.
         CorralError: a cluster exists here already (kind EXISTS), or a file could not be
-            created (everything created so far is removed).
+            created (everything created so far is removed, keys written to etcd included).
     """
     fsd = os.path.normpath(file_storage_dir or paths.file_storage_dir)
+    try:
+        url = normalize_url(store) if store else store_url(paths.store_db)
+    except StoreError as exc:
+        raise ParamError({"store": str(exc)}, context="cluster init") from exc
     bind = rapi_bind or node_address
     _check_inputs(
         cluster_name=cluster_name,
@@ -211,6 +300,13 @@ def init_cluster(
         rapi_bind=bind,
         mac_prefix=mac_prefix,
     )
+    if shared_file_storage_dir and (
+        not os.path.isabs(shared_file_storage_dir) or "\0" in shared_file_storage_dir
+    ):
+        raise ParamError(
+            {"shared_file_storage_dir": f"must be absolute, got {shared_file_storage_dir!r}"},
+            context="cluster init",
+        )
     hv_values: dict[str, dict[str, Any]] = {}
     for hv, values in (hvparams or {}).items():
         if hv not in HV_SCHEMAS:
@@ -232,6 +328,8 @@ def init_cluster(
             "destroy it first ('corral cluster destroy')",
             kind=ErrorKind.EXISTS,
         )
+    if is_etcd(url):
+        check_etcd_target(url, action="cluster init")
     cluster = Cluster(
         name=cluster_name,
         master_node=node_name,
@@ -241,6 +339,9 @@ def init_cluster(
         nicparams=nic_values,
         enabled_disk_templates=list(enabled_disk_templates),
         file_storage_dir=fsd,
+        shared_file_storage_dir=(
+            os.path.normpath(shared_file_storage_dir) if shared_file_storage_dir else ""
+        ),
         mac_prefix=mac_prefix,
         rapi_port=rapi_port,
         noded_port=noded_port,
@@ -258,17 +359,9 @@ def init_cluster(
             tls.issue_node_cert(paths, node_name, [node_address])
             rapi_names = [node_address] if bind in ("0.0.0.0", "::") else [bind, node_address]
             tls.create_rapi_cert(paths, list(dict.fromkeys(rapi_names)))
-            rv.add(lambda: _remove_store(paths), "store")
-            store = open_store(store_url(paths.store_db))
-            try:
-                result = store.txn(
-                    [Compare.absent(CLUSTER_KEY), Compare.absent(node_key(node_name))],
-                    [Put(CLUSTER_KEY, encode(cluster)), Put(node_key(node_name), encode(node))],
-                )
-            finally:
-                store.close()
-            if not result.succeeded:
-                raise StoreError("the store already holds a cluster", kind=ErrorKind.EXISTS)
+            if not is_etcd(url):
+                rv.add(lambda: _remove_store(paths), "store")
+            _write_first_keys(rv, url, cluster, node)
             rv.add(lambda: _remove_rapi_files(paths), "RAPI users")
             password = admin_password or secrets.token_urlsafe(18)
             write_atomic(admin_password_file(paths), password + "\n", mode=0o600)
@@ -280,7 +373,7 @@ def init_cluster(
             )
             conf = ClusterConf(
                 cluster_name=cluster_name,
-                store=store_url(paths.store_db),
+                store=url,
                 master_node=node_name,
                 master_address=node_address,
                 rapi_bind=bind,
@@ -295,14 +388,48 @@ def init_cluster(
             f"({getattr(exc, 'filename', '')})",
             kind=ErrorKind.ENVIRONMENT,
         ) from exc
-    log.info("cluster %s initialised with master node %s", cluster_name, node_name)
+    log.info("cluster %s initialised with master node %s, store %s", cluster_name, node_name, url)
     return cluster
+
+
+def _write_first_keys(rv: Reverter, url: str, cluster: Cluster, node: Node) -> None:
+    """Write the cluster and its first node into the store (registering their removal).
+
+    Raises:
+        StoreError: the store cannot be written, or already holds a cluster (kind EXISTS).
+    """
+    keys = (CLUSTER_KEY, node_key(node.name))
+    store = open_store(url)
+    try:
+        result = store.txn(
+            [Compare.absent(k) for k in keys],
+            [Put(CLUSTER_KEY, encode(cluster)), Put(keys[1], encode(node))],
+        )
+    finally:
+        store.close()
+    if not result.succeeded:
+        raise StoreError("the store already holds a cluster", kind=ErrorKind.EXISTS, url=url)
+    if is_etcd(url):
+
+        def undo() -> None:
+            undo_store = open_store(url)
+            try:
+                undo_store.txn(
+                    [Compare(k, "mod_revision", "=", result.revision) for k in keys],
+                    [Delete(k) for k in keys],
+                )
+            finally:
+                undo_store.close()
+
+        rv.add(undo, f"keys in {url}")
 
 
 def destroy_cluster(paths: Paths, *, force: bool = False) -> None:
     """Remove the cluster's state from this host: store, cluster.json, certificates, RAPI users.
 
-    Instance disks and logs are left alone. The daemons must be stopped first.
+    Instance disks and logs are left alone. The daemons must be stopped first. For a cluster
+    on etcd, every key under ``/corral/`` is deleted from etcd first (an unreachable etcd
+    stops the destruction before any file is removed, unless ``force``: then the keys stay).
 
     Args:
         paths: this host's file layout.
@@ -311,6 +438,7 @@ def destroy_cluster(paths: Paths, *, force: bool = False) -> None:
     Raises:
         OpError: instances remain and ``force`` is not set, or a daemon still runs
             (kind WRONG_STATE).
+        StoreError: the etcd store cannot be reached (without ``force``); nothing removed.
         CorralError: a file cannot be removed (kind ENVIRONMENT).
     """
     from corral.common import daemonize
@@ -322,8 +450,9 @@ def destroy_cluster(paths: Paths, *, force: bool = False) -> None:
                 f"{daemon} is still running (pid {pid}); stop the daemons first",
                 kind=ErrorKind.WRONG_STATE,
             )
-    if os.path.exists(paths.store_db) and not force:
-        store = open_store(store_url(paths.store_db))
+    url = cluster_store_url(paths)
+    if url is not None and not force:
+        store = open_store(url)
         try:
             names = [kv.key[len(INSTANCES_PREFIX) :] for kv in store.range(INSTANCES_PREFIX)]
             ClusterConfig(store)  # the store opened fine
@@ -335,6 +464,16 @@ def destroy_cluster(paths: Paths, *, force: bool = False) -> None:
                 f"({', '.join(names[:5])}{'...' if len(names) > 5 else ''}); remove them first",
                 kind=ErrorKind.WRONG_STATE,
             )
+    if url is not None and is_etcd(url):
+        store = open_store(url)
+        try:
+            store.txn([], [Delete(ROOT, prefix=True)])
+        except StoreError as exc:
+            if not force:
+                raise
+            log.warning("cluster keys left in etcd at %s: %s", url, exc)
+        finally:
+            store.close()
     try:
         remove_file(paths.cluster_conf)
         _remove_store(paths)

@@ -5,9 +5,18 @@ request, so the etcd semantics carry over unchanged: the store revision is etcd'
 revision, a key's ``create_revision``/``mod_revision``/``version`` are etcd's, and
 :meth:`EtcdStore.txn` is one etcd ``Txn`` (all its compares, then either branch, atomically).
 
-Several endpoints may be given; a request that cannot connect to one endpoint is retried on
-the next, and the endpoint that answered is used first afterwards. A request that timed out is
-*not* retried elsewhere (it may have been applied).
+Several endpoints (the members of one etcd cluster) may be given; the one that answered last
+is used first. A request one member cannot serve is tried on the next, round after round, for
+up to ``retry_for`` seconds, so the store survives the loss of any member, the leader
+included (etcd elects a new one in 1-2 s and the others answer meanwhile). What is retried
+depends on what may have happened to the request:
+
+* *not sent* (connection refused) or *not applied* (etcd said "no leader"): always retried;
+* *outcome unknown* (the member died after receiving it, or etcd's proposal timed out):
+  retried for reads, watches, leases and transactions without conditions (re-applying them
+  leaves the same state); a conditional transaction is not re-sent and fails with
+  ``outcome_unknown=True`` (a re-sent compare-and-swap would see its own write and report
+  failure), so the caller re-reads and decides.
 
 Watch is a long poll over etcd's watch stream: open a watch from ``start_revision``, return the
 first batch of events (or ``[]`` at the timeout), close the stream.
@@ -23,6 +32,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import requests
+import urllib3.exceptions as urllib3_exc
 from etcd3gw import exceptions as etcd_exc
 from etcd3gw.client import Etcd3Client
 
@@ -44,6 +54,10 @@ REQUEST_TIMEOUT = 10.0
 #: Seconds a watch waits for the history batch when ``start_revision`` is in the past, even if
 #: the caller's timeout is shorter (etcd sends history right after the watch is created).
 HISTORY_GRACE = 0.5
+#: Seconds between two rounds over every endpoint when none could serve a request.
+RETRY_PAUSE = 0.2
+#: etcd answers (gRPC "unavailable") meaning the request was not applied, so it may be re-sent.
+NOT_APPLIED = ("etcdserver: no leader", "etcdserver: not capable", "etcdserver: too many requests")
 
 _T = TypeVar("_T")
 Endpoint = tuple[str, int]
@@ -57,6 +71,69 @@ _TARGETS = {
 }
 
 __all__ = ["EtcdStore", "LeaseId", "parse_endpoints"]
+
+
+class _Transient(Exception):
+    """A request an endpoint could not serve now (another endpoint or a retry may).
+
+    ``unknown_outcome`` is set when the request may have been applied (sent, then the
+    connection broke or the request timed out).
+    """
+
+    def __init__(self, reason: str, *, unknown_outcome: bool) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.unknown_outcome = unknown_outcome
+
+
+def _not_sent(exc: requests.RequestException) -> bool:
+    """Whether a requests error means the connection was never established."""
+    if isinstance(exc, requests.ConnectTimeout):
+        return True
+    reason = getattr(exc.args[0], "reason", None) if exc.args else None
+    return isinstance(reason, (urllib3_exc.NewConnectionError, urllib3_exc.ConnectTimeoutError))
+
+
+def _transient(exc: requests.RequestException) -> _Transient:
+    """Classify a transport failure of a request that may have been sent."""
+    if _not_sent(exc):
+        return _Transient(f"cannot connect: {exc}", unknown_outcome=False)
+    if isinstance(exc, requests.Timeout):
+        return _Transient(f"no answer in time: {exc}", unknown_outcome=True)
+    return _Transient(f"connection lost: {exc}", unknown_outcome=True)
+
+
+def _error_message(text: str) -> str:
+    try:
+        return str(json.loads(text).get("message", text))
+    except (ValueError, AttributeError):
+        return text
+
+
+def _post_once(
+    client: Etcd3Client, path: str, body: dict[str, Any], timeout: float
+) -> dict[str, Any]:
+    """POST one request to one endpoint and return its JSON answer.
+
+    Raises:
+        _Transient: the endpoint cannot serve it now (see :meth:`EtcdStore._call`).
+        etcd3gw.exceptions.Etcd3Exception: etcd refused the request.
+        ValueError: the answer is not a JSON object.
+    """
+    try:
+        resp = client.session.post(client.get_url(path), data=json.dumps(body), timeout=timeout)
+    except requests.RequestException as exc:
+        raise _transient(exc) from exc
+    if resp.status_code == 200:
+        result: Any = resp.json()
+        if not isinstance(result, dict):
+            raise ValueError(f"unexpected etcd answer {result!r}")
+        return result
+    message = _error_message(resp.text)
+    if resp.status_code in (503, 504, 408) or message.startswith("etcdserver: request timed out"):
+        applied = not any(message.startswith(m) for m in NOT_APPLIED)
+        raise _Transient(f"{resp.status_code} {message}", unknown_outcome=applied)
+    raise etcd_exc.Etcd3Exception(resp.text, resp.reason)
 
 
 def _b64(data: bytes) -> str:
@@ -142,8 +219,21 @@ def _op_json(op: Op) -> dict[str, Any]:
 class EtcdStore(Store):
     """A :class:`Store` on an etcd v3 cluster (thread-safe)."""
 
-    def __init__(self, endpoints: Sequence[Endpoint], *, timeout: float = REQUEST_TIMEOUT) -> None:
+    def __init__(
+        self,
+        endpoints: Sequence[Endpoint],
+        *,
+        timeout: float = REQUEST_TIMEOUT,
+        retry_for: float | None = None,
+    ) -> None:
         """Connect lazily to ``endpoints`` (nothing is contacted until the first call).
+
+        Args:
+            endpoints: the etcd members' client addresses, tried in this order.
+            timeout: seconds one request to one member may take.
+            retry_for: seconds during which a request that no member could serve is tried
+                again, round after round (default: ``timeout``); an etcd election takes
+                about 1-2 s, so this covers the loss of the leader.
 
         Raises:
             StoreError: no endpoint given (kind INVALID).
@@ -152,6 +242,7 @@ class EtcdStore(Store):
             raise StoreError("no etcd endpoint given", kind=ErrorKind.INVALID)
         self.endpoints = list(endpoints)
         self._timeout = timeout
+        self._retry_for = timeout if retry_for is None else retry_for
         self._lock = threading.Lock()
         self._clients = [
             Etcd3Client(host=h, port=p, timeout=timeout, api_path="/v3/") for h, p in endpoints
@@ -167,34 +258,54 @@ class EtcdStore(Store):
 
     # --- transport ------------------------------------------------------------------------
 
-    def _call(self, what: str, fn: Callable[[Etcd3Client], _T]) -> _T:
-        """Run ``fn`` on the current endpoint, failing over on connection errors.
+    def _call(self, what: str, fn: Callable[[Etcd3Client], _T], *, idempotent: bool = True) -> _T:
+        """Run ``fn`` on the current endpoint, failing over to the others.
+
+        Failures are sorted into three kinds (see the module docstring): *not sent* (the
+        connection was refused) and *not applied* (etcd answered "no leader" or "not
+        capable", e.g. during an election) are retried on the next endpoint, round after
+        round with a short pause, until ``retry_for`` seconds have passed; *unknown outcome*
+        (the connection broke after the request was sent, the request or etcd's proposal
+        timed out) is retried the same way only if ``idempotent`` (reads, unconditional
+        writes, leases) and raised at once otherwise.
 
         Raises:
-            StoreError: every endpoint refused the connection (kind ENVIRONMENT), a request
-                timed out (ENVIRONMENT), etcd refused the request (compacted revision:
-                WRONG_STATE; unknown lease: NOT_FOUND; otherwise FAULT).
+            StoreError: no endpoint could serve the request in time (kind ENVIRONMENT); a
+                non-idempotent request's outcome is unknown (ENVIRONMENT, field
+                ``outcome_unknown=True``; it may or may not have been applied); etcd refused
+                the request (compacted revision: WRONG_STATE; unknown lease: NOT_FOUND;
+                duplicate key in a txn or future revision: INVALID; otherwise FAULT).
         """
         if self._closed:
             raise StoreError("etcd store is closed", kind=ErrorKind.WRONG_STATE)
         with self._lock:
             start = self._current
-        errors: list[str] = []
-        for i in range(len(self._clients)):
-            idx = (start + i) % len(self._clients)
+        deadline = time.monotonic() + self._retry_for
+        errors: dict[str, str] = {}
+        count = len(self._clients)
+        attempt = 0
+        while True:
+            idx = (start + attempt) % count
             client = self._clients[idx]
             endpoint = f"{client.host}:{client.port}"
+            attempt += 1
             try:
                 result = fn(client)
-            except etcd_exc.ConnectionFailedError as exc:
-                errors.append(f"{endpoint}: {exc}")
+            except _Transient as exc:
+                errors[endpoint] = exc.reason
+                if exc.unknown_outcome and not idempotent:
+                    raise StoreError(
+                        f"etcd {what} at {endpoint} failed ({exc.reason}); it may or may not "
+                        "have been applied",
+                        kind=ErrorKind.ENVIRONMENT,
+                        endpoint=endpoint,
+                        outcome_unknown=True,
+                    ) from exc
+                if time.monotonic() >= deadline:
+                    break
+                if attempt % count == 0:
+                    time.sleep(RETRY_PAUSE)
                 continue
-            except etcd_exc.ConnectionTimeoutError as exc:
-                raise StoreError(
-                    f"etcd {what} at {endpoint} timed out after {self._timeout}s",
-                    kind=ErrorKind.ENVIRONMENT,
-                    endpoint=endpoint,
-                ) from exc
             except etcd_exc.Etcd3Exception as exc:
                 raise _refused(what, endpoint, exc.detail_text or str(exc)) from exc
             except (requests.RequestException, ValueError, KeyError) as exc:
@@ -203,23 +314,24 @@ class EtcdStore(Store):
                     kind=ErrorKind.FAULT,
                     endpoint=endpoint,
                 ) from exc
-            with self._lock:
-                self._current = idx
+            if idx != start:
+                with self._lock:
+                    self._current = idx
             return result
         raise StoreError(
-            f"cannot reach etcd for {what} at {self._names()}: " + "; ".join(errors),
+            f"cannot reach etcd for {what} at {self._names()} within {self._retry_for:g}s: "
+            + "; ".join(f"{ep}: {why}" for ep, why in errors.items()),
             kind=ErrorKind.ENVIRONMENT,
             endpoints=self._names(),
         )
 
-    def _post(self, what: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
+    def _post(
+        self, what: str, path: str, body: dict[str, Any], *, idempotent: bool = True
+    ) -> dict[str, Any]:
         def run(client: Etcd3Client) -> dict[str, Any]:
-            result = client.post(client.get_url(path), data=json.dumps(body))
-            if not isinstance(result, dict):
-                raise ValueError(f"unexpected etcd answer {result!r}")
-            return result
+            return _post_once(client, path, body, self._timeout)
 
-        return self._call(what, run)
+        return self._call(what, run, idempotent=idempotent)
 
     # --- reads ----------------------------------------------------------------------------
 
@@ -251,15 +363,21 @@ class EtcdStore(Store):
     ) -> TxnResult:
         """See :meth:`Store.txn`.
 
-        Unlike SQLite, etcd refuses a transaction that writes the same key twice (kind
-        INVALID) and does not bump the revision for a delete of a missing key.
+        A conditional transaction whose answer was lost (the member died after receiving it,
+        or etcd's proposal timed out during an election) raises StoreError with
+        ``outcome_unknown=True`` instead of being re-sent. Unlike SQLite, etcd refuses a
+        transaction that writes the same key twice (kind INVALID) and does not bump the
+        revision for a delete of a missing key.
         """
         body = {
             "compare": [_compare_json(c) for c in compare],
             "success": [_op_json(op) for op in success],
             "failure": [_op_json(op) for op in failure],
         }
-        res = self._post("txn", "/kv/txn", body)
+        # NOTE: a transaction without conditions may be re-sent after a lost answer (applying
+        # the same puts/deletes twice leaves the same keys); a conditional one may not (the
+        # second attempt would see its own writes and report the compare as failed).
+        res = self._post("txn", "/kv/txn", body, idempotent=not compare)
         return TxnResult(bool(res.get("succeeded", False)), int(res["header"]["revision"]))
 
     def compact(self, revision: int) -> None:
@@ -341,7 +459,8 @@ def _watch_once(
     """Open one watch stream, return its first batch of events or [] at the deadline.
 
     Raises:
-        etcd3gw exceptions for connection failures (mapped by the caller), StoreError WRONG_STATE
+        _Transient: the member cannot serve the watch now (the caller tries another);
+        etcd3gw.exceptions.Etcd3Exception: etcd refused the watch; StoreError: WRONG_STATE
         when etcd reports the start revision compacted.
     """
     deadline = time.monotonic() + max(timeout, 0.0)
@@ -353,10 +472,12 @@ def _watch_once(
             resp = session.post(
                 url, json=request, stream=True, timeout=(connect_timeout, max(timeout, 0.05) + 1)
             )
-        except requests.Timeout as exc:
-            raise etcd_exc.ConnectionTimeoutError(str(exc)) from exc
-        except requests.ConnectionError as exc:
-            raise etcd_exc.ConnectionFailedError(str(exc)) from exc
+        except requests.RequestException as exc:
+            raise _transient(exc) from exc
+        if resp.status_code in (503, 504, 408):
+            raise _Transient(
+                f"{resp.status_code} {_error_message(resp.text)}", unknown_outcome=True
+            )
         if resp.status_code != 200:
             raise etcd_exc.Etcd3Exception(resp.text, resp.reason)
         sock = _socket_of(resp)
@@ -397,9 +518,9 @@ def _watch_once(
             except (requests.RequestException, OSError) as exc:
                 if created and ("timed out" in str(exc) or time.monotonic() >= deadline):
                     return []
-                raise etcd_exc.ConnectionFailedError(str(exc)) from exc
+                raise _Transient(f"watch stream broke: {exc}", unknown_outcome=True) from exc
             if not chunk:
-                raise etcd_exc.ConnectionFailedError("etcd closed the watch stream")
+                raise _Transient("etcd closed the watch stream", unknown_outcome=True)
             buf += chunk
     finally:
         if resp is not None:

@@ -11,12 +11,14 @@ import os
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.conftest import require_tool
+from tests.integration.etcd_cluster import EtcdCluster
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -87,3 +89,38 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     outcome = yield
     report = outcome.get_result()  # type: ignore[attr-defined]
     setattr(item, f"rep_{report.when}", report)
+
+
+# --- a three-member etcd cluster on loopback (tests/integration/etcd_cluster.py) -----------
+
+
+@pytest.fixture
+def make_etcd_cluster(tmp_path: Path) -> Iterator[Callable[..., EtcdCluster]]:
+    """Factory: ``make_etcd_cluster(size=3, max_request_bytes=None, ...)`` starts a healthy
+    etcd cluster (see :class:`EtcdCluster`); every cluster made is killed at teardown, also
+    when the test failed (member logs are printed then)."""
+    require_tool("etcd")
+    made: list[EtcdCluster] = []
+
+    def make(**kwargs: Any) -> EtcdCluster:
+        cluster = EtcdCluster(tmp_path / f"etcd{len(made)}", start=False, **kwargs)
+        made.append(cluster)
+        cluster.start()
+        return cluster
+
+    yield make
+    for cluster in made:
+        cluster.stop()
+
+
+@pytest.fixture
+def etcd_cluster(
+    request: pytest.FixtureRequest, make_etcd_cluster: Callable[..., EtcdCluster]
+) -> Iterator[EtcdCluster]:
+    """A fresh healthy three-member etcd cluster on 127.x.y.z (killed at teardown)."""
+    cluster = make_etcd_cluster()
+    yield cluster
+    rep = getattr(request.node, "rep_call", None)
+    if rep is not None and rep.failed:
+        for member in cluster.members:
+            print(f"--- etcd {member.name} log (tail) ---\n{cluster.log_tail(member.name)}")
