@@ -82,6 +82,21 @@ class Paths:
         return self._p("var/lib/corral/crypto/node.key")
 
     @property
+    def crl(self) -> str:
+        """The cluster CA's certificate revocation list (removed nodes' certificates)."""
+        return self._p("var/lib/corral/crypto/crl.pem")
+
+    @property
+    def join_cert(self) -> str:
+        """A joining node's self-signed bootstrap certificate (key: :attr:`node_key`)."""
+        return self._p("var/lib/corral/crypto/join.pem")
+
+    @property
+    def join_token(self) -> str:
+        """A joining node's one-time join token (root only; removed once joined)."""
+        return self._p("var/lib/corral/join-token")
+
+    @property
     def rapi_cert(self) -> str:
         """The RAPI server certificate (cert + key in one PEM, as Ganeti's rapi.pem)."""
         return self._p("var/lib/corral/crypto/rapi.pem")
@@ -95,6 +110,24 @@ class Paths:
     def file_storage_dir(self) -> str:
         """Default directory for ``file`` disks."""
         return self._p("srv/corral/disks")
+
+    def host_path(self, path: str) -> str:
+        """Where the cluster-wide absolute ``path`` lies on this host: under the root.
+
+        ``R + path`` for root ``R``; the identity for root ``/``. Node-local cluster paths
+        (``file_storage_dir``) go through it, so several node daemons on one machine, each in
+        its own root, keep their "local" files apart. A path already inside the root is
+        returned unchanged (clusters set up with a root-joined directory, as tests did before).
+        Paths that are meant to be the same on every node (``shared_file_storage_dir``) must
+        not go through it.
+        """
+        root = os.path.normpath(self.root)
+        if root == "/" or not os.path.isabs(path):
+            return path
+        norm = os.path.normpath(path)
+        if norm == root or norm.startswith(root + "/"):
+            return path
+        return root + norm
 
     @property
     def kernels_dir(self) -> str:

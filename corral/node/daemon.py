@@ -2,14 +2,21 @@
 
 ::
 
-    corral-noded [--root DIR] [--bind ADDR] [--port N] [--node-name NAME]
+    corral-noded [--root DIR] [--bind ADDR] [--port N] [--node-name NAME] [--join]
                  [--foreground] [--log-file F] [--log-level LEVEL]
 
 It serves the RPC calls of ``corral/rpc/calls.py`` over HTTPS with mutual TLS (see
 ``docs/architecture/rpc.md``) and runs each in a worker thread on the node backend.
 
 * Files come from ``--root`` (default ``$CORRAL_ROOT`` or ``/``): the cluster CA, this node's
-  certificate and key. Without them it refuses to start ("run corral cluster init first").
+  certificate and key. Without them it refuses to start ("run corral cluster init first"),
+  unless ``--join`` is given.
+* ``--join`` (a host that is not a node yet): creates the node's key, a self-signed bootstrap
+  certificate and a one-time join token (printed, and kept root-only in ``<data_dir>/join-token``)
+  and serves only the join calls (``rpc/calls_nodes.py``), without client authentication.
+  Once the master has joined it (``corral node add NAME --join-token TOKEN``) it switches to
+  mutual TLS on the same port, and back to join mode (new token) if the master removes it.
+  On a host that is a node already, ``--join`` is ignored.
 * ``--node-name`` defaults to the common name of the node certificate; ``--bind`` to the first
   IP address in that certificate (``0.0.0.0`` if it has none); ``--port`` to 1811.
 * Without ``--foreground`` it starts itself again detached (``common/daemonize.py``): new
@@ -33,17 +40,21 @@ import importlib
 import logging
 import os
 import signal
+import ssl
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import corral
 from corral.common import daemonize
 from corral.common.errors import CorralError, ErrorKind
 from corral.common.log import setup_logging
 from corral.common.paths import DEFAULT_NODED_PORT, Paths
+from corral.node.backend import membership
 from corral.node.handlers import CallHandlers
 from corral.rpc import tls
-from corral.rpc.server import RpcServer
+from corral.rpc.calls_nodes import JOIN_CALLS, NODE_LEAVE
+from corral.rpc.server import Dispatcher, Reply, RpcServer
 
 log = logging.getLogger("corral.node.daemon")  # not __main__ under "python -m"
 
@@ -64,6 +75,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--foreground", action="store_true", help="do not detach")
     p.add_argument("--log-file", help="log file (default: stderr with --foreground)")
     p.add_argument("--log-level", default="info", help="debug, info, warning or error")
+    p.add_argument(
+        "--join", action="store_true", help="wait to be added to a cluster (prints a join token)"
+    )
     # Testing hook: import path of the backend class, constructed as cls(paths, node_name).
     p.add_argument("--backend", default=DEFAULT_BACKEND, help=argparse.SUPPRESS)
     return p
@@ -78,7 +92,7 @@ def _check_certs(paths: Paths) -> None:
     if missing:
         raise CorralError(
             f"no cluster certificates in {paths.crypto_dir} (missing {', '.join(missing)}): "
-            "run corral cluster init first",
+            "run corral cluster init first, or start with --join to be added to a cluster",
             kind=ErrorKind.ENVIRONMENT,
             missing=missing,
         )
@@ -115,9 +129,10 @@ def _detach(argv: Sequence[str], paths: Paths, pid_file: str, log_file: str) -> 
     return 0
 
 
-async def _serve(server: RpcServer, pid_file: str, node_name: str) -> int:
+async def _serve(server: RpcServer, pid_file: str, node_name: str, modes: _Modes) -> int:
     """Serve until SIGTERM/SIGINT; returns the number of calls abandoned at the end."""
     loop = asyncio.get_running_loop()
+    modes.loop = loop
     loop.set_default_executor(
         concurrent.futures.ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="call")
     )
@@ -144,29 +159,120 @@ async def _serve(server: RpcServer, pid_file: str, node_name: str) -> int:
     return abandoned
 
 
+class _LeaveWatcher:
+    """The normal call table; after a successful ``node_leave`` the daemon goes to join mode."""
+
+    def __init__(self, inner: CallHandlers, on_leave: Callable[[], None]) -> None:
+        self._inner = inner
+        self._on_leave = on_leave
+
+    def get(self, name: str) -> Any:
+        """See :class:`~corral.rpc.server.Dispatcher`."""
+        return self._inner.get(name)
+
+    def handle(self, name: str, body: bytes) -> Reply:
+        """See :class:`~corral.rpc.server.Dispatcher`."""
+        reply = self._inner.handle(name, body)
+        if name == NODE_LEAVE.name and reply.status == 200:
+            self._on_leave()
+        return reply
+
+
+class _Modes:
+    """Builds the daemon's two modes (join, member) and switches the server between them."""
+
+    def __init__(self, args: argparse.Namespace, paths: Paths) -> None:
+        self.args = args
+        self.paths = paths
+        self.server: RpcServer | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    def member(self, node_name: str | None) -> tuple[Dispatcher, tls.ReloadingContext, str]:
+        """Handlers, TLS context (reloaded when the CRL changes) and name of a member node.
+
+        Raises:
+            CorralError: the certificates are missing or invalid, or the backend cannot load.
+        """
+        paths = self.paths
+        _check_certs(paths)
+        ctx = tls.ReloadingContext(
+            lambda: tls.server_ssl_context(paths), [paths.crl, paths.ca_cert, paths.node_cert]
+        )
+        cert_name = tls.cert_common_name(paths.node_cert)
+        name = node_name or cert_name
+        if name != cert_name:
+            log.warning(
+                "node name %s differs from the certificate's %s: callers will refuse this node",
+                name,
+                cert_name,
+            )
+        backend = _load_backend(self.args.backend, paths, name)
+        return _LeaveWatcher(CallHandlers(backend), self._left), ctx, name
+
+    def joining(self) -> tuple[Dispatcher, ssl.SSLContext]:
+        """Handlers and TLS context of join mode (prepares key, certificate and token).
+
+        Raises:
+            CorralError / TlsError: the join files cannot be created.
+        """
+        membership.prepare_join(self.paths, [self.args.bind] if self.args.bind else [])
+        state = membership.JoinState(self.paths, self._joined)
+        return CallHandlers(state, JOIN_CALLS), tls.join_server_context(self.paths)
+
+    def _switch(self, handlers: Dispatcher, ctx: Any) -> None:
+        assert self.server is not None and self.loop is not None
+        source = ctx.get if isinstance(ctx, tls.ReloadingContext) else ctx
+        self.loop.call_soon_threadsafe(self.server.switch, handlers, source)
+
+    def _joined(self, node_name: str) -> None:
+        # NOTE: runs in the worker thread of node_join_finish, before its answer is sent;
+        # the switch is queued on the loop and applies to connections accepted after it.
+        try:
+            handlers, ctx, _name = self.member(node_name)
+        except CorralError as exc:
+            log.error("joined as %s but cannot serve as a member (restart me): %s", node_name, exc)
+            return
+        log.info("joined the cluster as %s; serving with mutual TLS", node_name)
+        self._switch(handlers, ctx)
+
+    def _left(self) -> None:
+        try:
+            handlers, ctx = self.joining()
+        except CorralError as exc:
+            log.error("left the cluster but cannot enter join mode (restart me): %s", exc)
+            return
+        log.warning(
+            "removed from the cluster: back in join mode (token in %s)", self.paths.join_token
+        )
+        self._switch(handlers, ctx)
+
+
 def _run(args: argparse.Namespace, paths: Paths, pid_file: str) -> int:
     daemonize.set_process_name(NAME)
     os.chdir("/")  # do not keep the starter's working directory busy
     setup_logging(log_file=args.log_file, level=args.log_level, name="noded")
-    _check_certs(paths)
+    joining = args.join and not membership.is_member(paths)
+    if not joining:
+        _check_certs(paths)
     running = daemonize.daemon_status(pid_file, name=NAME)
     if running is not None and running != os.getpid():
         raise CorralError(
             f"{NAME} is already running (pid {running})", kind=ErrorKind.EXISTS, pid=running
         )
-    ssl_context = tls.server_ssl_context(paths)
-    cert_name = tls.cert_common_name(paths.node_cert)
-    node_name = args.node_name or cert_name
-    if node_name != cert_name:
-        log.warning(
-            "node name %s differs from the certificate's %s: callers will refuse this node",
-            node_name,
-            cert_name,
-        )
-    bind = args.bind or next(iter(tls.cert_addresses(paths.node_cert)), "0.0.0.0")
-    handlers = CallHandlers(_load_backend(args.backend, paths, node_name))
-    server = RpcServer(handlers, ssl_context, host=bind, port=args.port)
-    abandoned = asyncio.run(_serve(server, pid_file, node_name))
+    modes = _Modes(args, paths)
+    handlers: Dispatcher
+    ssl_source: Any
+    if joining:
+        handlers, ssl_source = modes.joining()
+        bind = args.bind or "0.0.0.0"
+        node_name = "(joining)"
+    else:
+        handlers, ctx, node_name = modes.member(args.node_name)
+        ssl_source = ctx.get
+        bind = args.bind or next(iter(tls.cert_addresses(paths.node_cert)), "0.0.0.0")
+    server = RpcServer(handlers, ssl_source, host=bind, port=args.port)
+    modes.server = server
+    abandoned = asyncio.run(_serve(server, pid_file, node_name, modes))
     log.info("%s stopped", NAME)
     if abandoned:
         # NOTE: worker threads cannot be interrupted and the interpreter would wait for them
@@ -185,9 +291,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.log_file = os.path.abspath(args.log_file)
     pid_file = paths.pid_file(NAME)
     try:
+        if args.join and not membership.is_member(paths):
+            token = membership.prepare_join(paths, [args.bind] if args.bind else [])
+            if not (args.foreground and args.log_file):  # NOTE: never into a log file
+                sys.stdout.write(f"join token: {token}\n")
+                sys.stdout.flush()
         if args.foreground:
             return _run(args, paths, pid_file)
-        _check_certs(paths)
+        if not args.join:
+            _check_certs(paths)
         log_file = args.log_file or os.path.join(paths.log_dir, f"{NAME}.log")
         return _detach(raw, paths, pid_file, log_file)
     except CorralError as exc:

@@ -30,6 +30,9 @@ class Node(ConfigObject):
     master_capable: bool = True
     vm_capable: bool = True
     group: str = "default"
+    #: Serial number (hex) of the node certificate the cluster CA issued at add/readd
+    #: ("" for a node created before, e.g. by ``cluster init``); revoked at removal.
+    cert_serial: str = ""
 
     def role(self, master_name: str) -> NodeRole:
         """This node's role given the current master's name."""

@@ -89,6 +89,15 @@ class NodeAddress:
         return f"https://{host}:{self.port}"
 
 
+def _http_client(ctx: ssl.SSLContext) -> httpx.AsyncClient:
+    return httpx.AsyncClient(
+        verify=ctx,
+        trust_env=False,  # NOTE: never send cluster RPC through an HTTP(S)_PROXY
+        timeout=httpx.Timeout(60.0, connect=CONNECT_TIMEOUT),
+        headers={"content-type": "application/json", "user-agent": "corral-rpc"},
+    )
+
+
 class RpcClient:
     """Calls node daemons; one instance is shared by all the master's operations.
 
@@ -96,32 +105,61 @@ class RpcClient:
         ca_cert: the cluster CA (node certificates must be signed by it).
         cert: our certificate (a node certificate from the same CA).
         key: its private key.
+        crl: the CA's revocation list; nodes whose certificate it lists are refused. The
+            file may appear or change later: the client rereads it (and the other files)
+            before the next call when it changed.
 
     Raises:
         TlsError: a file is missing or invalid.
     """
 
-    def __init__(self, *, ca_cert: str, cert: str, key: str) -> None:
-        self._ssl = tls.client_context_from_files(ca_cert=ca_cert, cert=cert, key=key)
-        self._http = httpx.AsyncClient(
-            verify=self._ssl,
-            trust_env=False,  # NOTE: never send cluster RPC through an HTTP(S)_PROXY
-            timeout=httpx.Timeout(60.0, connect=CONNECT_TIMEOUT),
-            headers={"content-type": "application/json", "user-agent": "corral-rpc"},
+    def __init__(self, *, ca_cert: str, cert: str, key: str, crl: str | None = None) -> None:
+        watch = [f for f in (crl, ca_cert, cert) if f]
+        self._reloading: tls.ReloadingContext | None = tls.ReloadingContext(
+            lambda: tls.client_context_from_files(ca_cert=ca_cert, cert=cert, key=key, crl=crl),
+            watch,
         )
+        self._ssl = self._reloading.get()
+        self._http = _http_client(self._ssl)
+        self._retired: list[httpx.AsyncClient] = []
 
     @classmethod
     def from_paths(cls, paths: Paths) -> Self:
-        """A client with this host's CA and node certificate (``paths.ca_cert`` ...).
+        """A client with this host's CA, node certificate and CRL (``paths.ca_cert`` ...).
 
         Raises:
             TlsError: a file is missing or invalid.
         """
-        return cls(ca_cert=paths.ca_cert, cert=paths.node_cert, key=paths.node_key)
+        return cls(ca_cert=paths.ca_cert, cert=paths.node_cert, key=paths.node_key, crl=paths.crl)
+
+    @classmethod
+    def pinned(cls, server_cert_pem: bytes) -> Self:
+        """A client trusting exactly one server certificate, presenting none (join calls).
+
+        Raises:
+            TlsError: not a usable certificate.
+        """
+        client = cls.__new__(cls)
+        client._reloading = None
+        client._ssl = tls.pinned_client_context(server_cert_pem)
+        client._http = _http_client(client._ssl)
+        client._retired = []
+        return client
+
+    def _current_http(self) -> httpx.AsyncClient:
+        if self._reloading is not None:
+            ctx = self._reloading.get()
+            if ctx is not self._ssl:
+                # NOTE: calls running on the old connections finish there; new calls use the
+                # new settings (e.g. a node just revoked is refused from now on).
+                self._retired.append(self._http)
+                self._ssl, self._http = ctx, _http_client(ctx)
+        return self._http
 
     async def aclose(self) -> None:
         """Close all connections; the client cannot be used afterwards."""
-        await self._http.aclose()
+        for http in [*self._retired, self._http]:
+            await http.aclose()
 
     async def __aenter__(self) -> Self:
         return self
@@ -165,7 +203,7 @@ class RpcClient:
             # asyncio.timeout is only a backstop for a peer trickling bytes: cancelling httpcore
             # in the middle of a TLS handshake leaks the socket (httpcore 1.0).
             async with asyncio.timeout(limit + _BACKSTOP):
-                response = await self._http.post(
+                response = await self._current_http().post(
                     f"{node.base_url}/rpc/{call.name}",
                     content=body,
                     timeout=httpx.Timeout(limit, connect=connect_limit),

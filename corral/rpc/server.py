@@ -13,6 +13,14 @@ One asyncio task per connection:
    An unknown call is answered 404, another method 405, a body over
    :data:`~corral.rpc.codec.MAX_BODY` 413, malformed HTTP 400; all with a JSON error envelope.
 
+The server can change *mode* while it listens (:meth:`RpcServer.switch`): a node in join mode
+serves the join calls with its bootstrap certificate and no client authentication, and
+switches to mutual TLS on the same port once it has joined (and back when it leaves). Each
+connection keeps the mode it was accepted in and is closed after its current request when the
+mode changes, so a connection opened without client authentication can never reach the
+calls of the authenticated mode. The TLS context may be given as a function, called for each
+connection (``tls.ReloadingContext.get``: a new revocation list applies to the next handshake).
+
 Each call is logged at DEBUG with caller, status and duration; a failed call is logged once
 here (ERROR; with its traceback when it was not a CorralError). See ``docs/architecture/rpc.md``.
 """
@@ -25,6 +33,7 @@ import dataclasses
 import logging
 import ssl
 import time
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import h11
@@ -174,12 +183,26 @@ class _HttpProblem(Exception):
         self.error = error
 
 
+SslContextSource = ssl.SSLContext | Callable[[], ssl.SSLContext]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Mode:
+    handlers: Dispatcher
+    source: SslContextSource
+    generation: int
+
+    def context(self) -> ssl.SSLContext:
+        return self.source if isinstance(self.source, ssl.SSLContext) else self.source()
+
+
 class RpcServer:
     """Serves the RPC calls of one node daemon.
 
     Args:
         handlers: the call table (decode -> backend -> encode).
-        ssl_context: a server context that requires client certificates.
+        ssl_context: a server context that requires client certificates, or a function
+            returning the one to use for each new connection.
         host: address to listen on.
         port: TCP port (0: pick a free one, see :attr:`port`).
         handshake_timeout: seconds a caller has to complete the TLS handshake.
@@ -189,15 +212,14 @@ class RpcServer:
     def __init__(
         self,
         handlers: Dispatcher,
-        ssl_context: ssl.SSLContext,
+        ssl_context: SslContextSource,
         *,
         host: str,
         port: int,
         handshake_timeout: float = 10.0,
         idle_timeout: float = 75.0,
     ) -> None:
-        self._handlers = handlers
-        self._ssl = ssl_context
+        self._mode = _Mode(handlers, ssl_context, 0)
         self.host = host
         self._port = port
         self._handshake_timeout = handshake_timeout
@@ -260,6 +282,17 @@ class RpcServer:
             log.warning("stopped with %d calls still running", abandoned)
         return abandoned
 
+    def switch(self, handlers: Dispatcher, ssl_context: SslContextSource) -> None:
+        """Serve new connections with other calls and TLS settings, on the same socket.
+
+        Connections accepted before are closed once their current request is answered.
+        """
+        self._mode = _Mode(handlers, ssl_context, self._mode.generation + 1)
+        for task, busy in list(self._conns.items()):
+            if not busy:
+                task.cancel()
+        log.info("serving a new set of calls (mode %d)", self._mode.generation)
+
     # --- connections -------------------------------------------------------------------------
 
     async def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -267,8 +300,9 @@ class RpcServer:
         assert task is not None
         self._conns[task] = False
         peer = _addr(writer.get_extra_info("peername"))
-        stream = TlsStream(reader, writer, self._ssl)
+        mode = self._mode
         try:
+            stream = TlsStream(reader, writer, mode.context())
             try:
                 await asyncio.wait_for(stream.handshake(), self._handshake_timeout)
             except (ssl.SSLError, OSError, TimeoutError) as exc:
@@ -276,7 +310,7 @@ class RpcServer:
                 await stream.abort_after_alert()
                 return
             caller = _caller_name(stream.peercert(), peer)
-            await self._serve(stream, caller)
+            await self._serve(stream, caller, mode)
         except asyncio.CancelledError:
             pass  # server stopping
         except (ConnectionError, ssl.SSLError, OSError) as exc:
@@ -289,15 +323,15 @@ class RpcServer:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(writer.wait_closed(), 2)
 
-    async def _serve(self, stream: TlsStream, caller: str) -> None:
+    async def _serve(self, stream: TlsStream, caller: str, mode: _Mode) -> None:
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=64 * 1024)
-        while not self._stopping:
+        while not self._stopping and mode.generation == self._mode.generation:
             try:
                 got = await self._read_request(conn, stream)
                 if got is None:
                     return
                 request, body = got
-                status, answer, headers = await self._dispatch(request, body, caller)
+                status, answer, headers = await self._dispatch(request, body, caller, mode)
             except _HttpProblem as exc:
                 status, answer, headers = exc.status, codec.encode_error(exc.error), []
                 log.warning("bad request from %s: %s", caller, exc.error)
@@ -307,7 +341,11 @@ class RpcServer:
                 err = RpcError(f"malformed HTTP request: {exc}", kind=ErrorKind.INVALID)
                 status, answer, headers = exc.error_status_hint, codec.encode_error(err), []
                 log.warning("bad request from %s: %s", caller, err)
-            close = self._stopping or conn.their_state is not h11.DONE
+            close = (
+                self._stopping
+                or conn.their_state is not h11.DONE
+                or mode.generation != self._mode.generation
+            )
             headers = [
                 ("content-type", "application/json"),
                 ("content-length", str(len(answer))),
@@ -358,11 +396,11 @@ class RpcServer:
                 return None
 
     async def _dispatch(
-        self, request: h11.Request, body: bytes, caller: str
+        self, request: h11.Request, body: bytes, caller: str, mode: _Mode
     ) -> tuple[int, bytes, list[tuple[str, str]]]:
         path = request.target.decode("ascii", "replace").split("?", 1)[0]
         name = path.removeprefix("/rpc/") if path.startswith("/rpc/") else None
-        call = self._handlers.get(name) if name else None
+        call = mode.handlers.get(name) if name else None
         if call is None or name is None:
             raise _HttpProblem(
                 404,
@@ -385,7 +423,7 @@ class RpcServer:
         start = time.monotonic()
         try:
             # The one place where the node daemon runs blocking backend code (STYLE §5).
-            reply: Reply = await asyncio.to_thread(self._handlers.handle, name, body)
+            reply: Reply = await asyncio.to_thread(mode.handlers.handle, name, body)
         finally:
             self._conns[task] = False
             if not any(self._conns.values()):

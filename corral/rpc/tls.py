@@ -10,6 +10,10 @@ client certificate the master presents when it calls a node (mutual TLS, see
                          EKU serverAuth + clientAuth, signed by the CA, 10 years (<= CA)
     rapi.pem             certificate + key in one file (Ganeti's rapi.pem), serverAuth,
                          signed by the CA when its key is here, else self-signed
+    crl.pem              the CA's revocation list: serials of removed nodes' certificates,
+                         signed by the CA; servers and clients refuse those certificates
+    join.pem             a joining node's self-signed bootstrap certificate (its key is
+                         node.key, the key its cluster certificate will certify)
 
 Private keys are written with mode 0600, certificates 0644, atomically (a reader never sees a
 half-written file). Every failure — a missing or unreadable file, a malformed PEM, a key that
@@ -20,9 +24,10 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import logging
 import os
 import ssl
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -30,9 +35,11 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from corral.common.errors import ErrorKind, TlsError
+from corral.common.errors import ErrorKind, RpcError, TlsError
 from corral.common.fileio import write_atomic
 from corral.common.paths import Paths
+
+_log = logging.getLogger(__name__)
 
 #: Validity of the CA and of the certificates it signs.
 VALIDITY = datetime.timedelta(days=3650)
@@ -424,8 +431,24 @@ def _load_ca_file(ctx: ssl.SSLContext, ca_cert: str) -> None:
         raise TlsError(f"cannot use cluster CA {ca_cert}: {exc}", path=ca_cert) from exc
 
 
-def server_context_from_files(*, ca_cert: str, cert: str, key: str) -> ssl.SSLContext:
+def _load_crl(ctx: ssl.SSLContext, crl: str | None) -> None:
+    """Check peer certificates against ``crl`` when the file exists (revoked ones fail)."""
+    if crl is None or not os.path.exists(crl):
+        return
+    try:
+        ctx.load_verify_locations(cafile=crl)
+    except (ssl.SSLError, OSError) as exc:
+        raise TlsError(f"cannot use revocation list {crl}: {exc}", path=crl) from exc
+    ctx.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
+
+
+def server_context_from_files(
+    *, ca_cert: str, cert: str, key: str, crl: str | None = None
+) -> ssl.SSLContext:
     """A TLS >= 1.2 server context that requires client certificates signed by ``ca_cert``.
+
+    With ``crl`` naming an existing file (the CA's revocation list), client certificates
+    listed there are refused ("certificate revoked").
 
     Raises:
         TlsError: a file is missing or invalid, or the key does not match the certificate.
@@ -434,15 +457,19 @@ def server_context_from_files(*, ca_cert: str, cert: str, key: str) -> ssl.SSLCo
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.verify_mode = ssl.CERT_REQUIRED
     _load_ca_file(ctx, ca_cert)
+    _load_crl(ctx, crl)
     _load_chain(ctx, cert, key)
     return ctx
 
 
-def client_context_from_files(*, ca_cert: str, cert: str, key: str) -> ssl.SSLContext:
+def client_context_from_files(
+    *, ca_cert: str, cert: str, key: str, crl: str | None = None
+) -> ssl.SSLContext:
     """A TLS >= 1.2 client context trusting only ``ca_cert`` and presenting ``cert``.
 
     Host names are checked: the caller connects with the node's name as server name (see
-    ``rpc/client.py``), so a node cannot impersonate another one.
+    ``rpc/client.py``), so a node cannot impersonate another one. With ``crl`` naming an
+    existing file, server certificates listed there are refused.
 
     Raises:
         TlsError: a file is missing or invalid, or the key does not match the certificate.
@@ -452,27 +479,328 @@ def client_context_from_files(*, ca_cert: str, cert: str, key: str) -> ssl.SSLCo
     ctx.verify_mode = ssl.CERT_REQUIRED
     ctx.check_hostname = True
     _load_ca_file(ctx, ca_cert)
+    _load_crl(ctx, crl)
     _load_chain(ctx, cert, key)
     return ctx
 
 
 def server_ssl_context(paths: Paths) -> ssl.SSLContext:
-    """The node daemon's context: our node certificate, callers must have one from our CA.
+    """The node daemon's context: our certificate; callers need an unrevoked one from our CA.
 
     Raises:
         TlsError: see :func:`server_context_from_files`.
     """
     return server_context_from_files(
-        ca_cert=paths.ca_cert, cert=paths.node_cert, key=paths.node_key
+        ca_cert=paths.ca_cert, cert=paths.node_cert, key=paths.node_key, crl=paths.crl
     )
 
 
 def client_ssl_context(paths: Paths) -> ssl.SSLContext:
-    """The RPC client's context: trust our CA, present our node certificate.
+    """The RPC client's context: trust our CA minus revoked certificates, present ours.
 
     Raises:
         TlsError: see :func:`client_context_from_files`.
     """
     return client_context_from_files(
-        ca_cert=paths.ca_cert, cert=paths.node_cert, key=paths.node_key
+        ca_cert=paths.ca_cert, cert=paths.node_cert, key=paths.node_key, crl=paths.crl
     )
+
+
+def _file_stamp(path: str) -> tuple[int, int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+
+class ReloadingContext:
+    """An SSL context rebuilt when one of the files it was built from changes.
+
+    Files are replaced atomically (rename), so the inode, mtime and size of each watched
+    file tell whether it changed; checking costs one ``stat`` per file. Used for the CRL:
+    after a node is removed, the next handshake already refuses its certificate.
+
+    Args:
+        build: makes a new context (raises TlsError on failure).
+        watch: the files whose change triggers a rebuild.
+
+    Raises:
+        TlsError: the first build failed.
+    """
+
+    def __init__(self, build: Callable[[], ssl.SSLContext], watch: Sequence[str]) -> None:
+        self._build = build
+        self._watch = tuple(watch)
+        self._stamps = self._stamp()
+        self._ctx = build()
+
+    def _stamp(self) -> tuple[tuple[int, int, int] | None, ...]:
+        return tuple(_file_stamp(p) for p in self._watch)
+
+    def get(self) -> ssl.SSLContext:
+        """The current context (rebuilt first if a watched file changed).
+
+        A rebuild that fails (e.g. a file half-way through being replaced by hand) keeps
+        the previous context and is retried at the next call.
+        """
+        stamps = self._stamp()
+        if stamps != self._stamps:
+            try:
+                ctx = self._build()
+            except TlsError as exc:
+                _log.warning("keeping the previous TLS settings: %s", exc)
+            else:
+                self._ctx, self._stamps = ctx, stamps
+                _log.info("TLS settings reloaded (%s changed)", ", ".join(self._watch))
+        return self._ctx
+
+
+# --- joining a cluster -------------------------------------------------------------------------
+
+
+def create_join_identity(paths: Paths, names: Sequence[str]) -> None:
+    """Create a joining node's key and self-signed bootstrap certificate.
+
+    The key is ``paths.node_key`` (kept if it exists: the cluster certificate will certify
+    it), the certificate ``paths.join_cert`` with SANs ``names``.
+
+    Raises:
+        TlsError: a name is unusable, the existing key is invalid, or a file cannot be
+            written.
+    """
+    if os.path.exists(paths.node_key):
+        key = _load_ec_key(paths.node_key)
+    else:
+        key = ec.generate_private_key(ec.SECP256R1())
+        _write(paths.node_key, _key_pem(key), 0o600)
+    cert = build_leaf(
+        public_key=key.public_key(),
+        common_name="corral-joining-node",
+        san=list(names) or ["corral-joining-node"],
+        client_auth=False,
+        issuer_cert=None,
+        issuer_key=key,
+        now=_now(),
+    )
+    _write(paths.join_cert, _cert_pem(cert), 0o644)
+
+
+def join_server_context(paths: Paths) -> ssl.SSLContext:
+    """The server context of a node in join mode: its bootstrap certificate, no client cert.
+
+    Callers prove themselves with the join token instead (see ``rpc/calls_nodes.py``).
+
+    Raises:
+        TlsError: the bootstrap certificate or the key is missing or invalid.
+    """
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.verify_mode = ssl.CERT_NONE
+    _load_chain(ctx, paths.join_cert, paths.node_key)
+    return ctx
+
+
+def pinned_client_context(cert_pem: bytes) -> ssl.SSLContext:
+    """A client context that trusts exactly one (self-signed) server certificate.
+
+    The join client pins the bootstrap certificate it was shown; the node then proves with
+    the join token that this certificate is its own (see ``rpc/calls_nodes.py``).
+
+    Raises:
+        TlsError: ``cert_pem`` is not a usable certificate.
+    """
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    ctx.check_hostname = False  # NOTE: pinned by content, and the name is not known yet
+    ctx.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
+    try:
+        ctx.load_verify_locations(cadata=cert_pem.decode("ascii"))
+    except (ssl.SSLError, ValueError, UnicodeDecodeError) as exc:
+        raise TlsError(f"cannot pin the node's bootstrap certificate: {exc}") from exc
+    return ctx
+
+
+def fetch_server_certificate(host: str, port: int, *, timeout: float) -> bytes:
+    """The certificate a TLS server presents (PEM), without verifying it.
+
+    Raises:
+        RpcError: the server cannot be reached or does not speak TLS (kind ENVIRONMENT,
+            reason ``unreachable``).
+    """
+    try:
+        pem = ssl.get_server_certificate((host, port), timeout=timeout)
+    except (OSError, ssl.SSLError) as exc:
+        why = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+        raise RpcError(
+            f"{host}:{port} unreachable: {why}",
+            kind=ErrorKind.ENVIRONMENT,
+            host=host,
+            port=port,
+            reason="unreachable",
+        ) from exc
+    return pem.encode("ascii")
+
+
+def pem_fingerprint(pem: bytes) -> str:
+    """SHA-256 fingerprint (hex, lower case) of a PEM certificate.
+
+    Raises:
+        TlsError: not a PEM certificate.
+    """
+    try:
+        cert = x509.load_pem_x509_certificate(pem)
+    except ValueError as exc:
+        raise TlsError(f"not a PEM certificate: {exc}") from exc
+    return cert.fingerprint(hashes.SHA256()).hex()
+
+
+def build_csr(paths: Paths, node_name: str) -> bytes:
+    """A certificate signing request for this node's key (``paths.node_key``), CN = name.
+
+    Raises:
+        TlsError: the key is missing or invalid.
+    """
+    key = _load_ec_key(paths.node_key)
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, node_name)]))
+        .sign(key, hashes.SHA256())
+    )
+    return csr.public_bytes(serialization.Encoding.PEM)
+
+
+def sign_csr(
+    ca: Paths, csr_pem: bytes, node_name: str, addresses: Sequence[str]
+) -> tuple[bytes, int]:
+    """Issue a node certificate for the key in a CSR (the key never leaves the node).
+
+    Only the CSR's public key is used (its signature proves the node holds the key); the
+    names are the master's: CN and DNS SAN = ``node_name``, IP SANs = ``addresses``.
+
+    Returns:
+        The certificate (PEM) and its serial number.
+
+    Raises:
+        TlsError: the CA is missing or invalid, or the CSR is malformed, badly signed or not
+            for an EC P-256 key (kind INVALID).
+    """
+    ca_cert, ca_key = _load_ca(ca)
+    try:
+        csr = x509.load_pem_x509_csr(csr_pem)
+    except ValueError as exc:
+        raise TlsError(f"invalid certificate request: {exc}", kind=ErrorKind.INVALID) from exc
+    if not csr.is_signature_valid:
+        raise TlsError("certificate request with a bad signature", kind=ErrorKind.INVALID)
+    public_key = csr.public_key()
+    if not isinstance(public_key, ec.EllipticCurvePublicKey) or not isinstance(
+        public_key.curve, ec.SECP256R1
+    ):
+        raise TlsError("certificate request not for an EC P-256 key", kind=ErrorKind.INVALID)
+    cert = build_leaf(
+        public_key=public_key,
+        common_name=node_name,
+        san=[node_name, *addresses],
+        client_auth=True,
+        issuer_cert=ca_cert,
+        issuer_key=ca_key,
+        now=_now(),
+    )
+    return _cert_pem(cert), cert.serial_number
+
+
+def check_node_cert(cert_pem: bytes, ca_pem: bytes, key_path: str, node_name: str) -> None:
+    """Check the certificate the master sent to a joining node.
+
+    It must be issued by ``ca_pem``, for the key in ``key_path`` and for ``node_name``.
+
+    Raises:
+        TlsError: any of these does not hold (kind INVALID).
+    """
+    try:
+        cert = x509.load_pem_x509_certificate(cert_pem)
+        ca_cert = x509.load_pem_x509_certificate(ca_pem)
+        cert.verify_directly_issued_by(ca_cert)
+    except (ValueError, TypeError, InvalidSignature) as exc:
+        raise TlsError(
+            f"the certificate sent is not issued by the CA sent: {exc or 'bad signature'}",
+            kind=ErrorKind.INVALID,
+        ) from exc
+    if cert.public_key() != _load_ec_key(key_path).public_key():
+        raise TlsError("the certificate sent is not for this node's key", kind=ErrorKind.INVALID)
+    names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    if not names or names[0].value != node_name:
+        raise TlsError(f"the certificate sent is not for node {node_name}", kind=ErrorKind.INVALID)
+
+
+def cert_serial(path: str) -> int:
+    """The serial number of the certificate in ``path``.
+
+    Raises:
+        TlsError: the file holds no valid certificate.
+    """
+    return load_certificate(path).serial_number
+
+
+# --- revocation --------------------------------------------------------------------------------
+
+
+def build_crl(
+    ca_cert: x509.Certificate,
+    ca_key: ec.EllipticCurvePrivateKey,
+    serials: Iterable[int],
+    *,
+    now: datetime.datetime,
+) -> x509.CertificateRevocationList:
+    """The CA's revocation list of ``serials`` (pure: no I/O).
+
+    It is valid as long as the CA: an expired CRL would make every handshake fail, and
+    the master writes a new one whenever a certificate is revoked.
+    """
+    builder = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(ca_cert.subject)
+        .last_update(now - _BACKDATE)
+        .next_update(max(ca_cert.not_valid_after_utc, now + datetime.timedelta(days=1)))
+    )
+    for serial in sorted(set(serials)):
+        builder = builder.add_revoked_certificate(
+            x509.RevokedCertificateBuilder()
+            .serial_number(serial)
+            .revocation_date(now - _BACKDATE)
+            .build()
+        )
+    return builder.sign(ca_key, hashes.SHA256())
+
+
+def write_crl(paths: Paths, serials: Iterable[int]) -> bytes:
+    """Write ``paths.crl`` (0644) listing ``serials``, signed by the CA under ``paths``.
+
+    Returns:
+        The CRL as written (PEM), for distribution to the nodes.
+
+    Raises:
+        TlsError: the CA is missing or invalid, or the file cannot be written.
+    """
+    ca_cert, ca_key = _load_ca(paths)
+    crl = build_crl(ca_cert, ca_key, serials, now=_now())
+    data = crl.public_bytes(serialization.Encoding.PEM)
+    _write(paths.crl, data, 0o644)
+    return data
+
+
+def revoked_serials(crl_path: str) -> set[int]:
+    """The serial numbers a CRL file lists (empty when the file does not exist).
+
+    Raises:
+        TlsError: the file exists but is not a valid PEM CRL.
+    """
+    if not os.path.exists(crl_path):
+        return set()
+    data = _read_bytes(crl_path, "revocation list")
+    try:
+        crl = x509.load_pem_x509_crl(data)
+    except ValueError as exc:
+        raise TlsError(f"{crl_path} holds no valid CRL: {exc}", path=crl_path) from exc
+    return {r.serial_number for r in crl}

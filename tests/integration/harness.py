@@ -19,7 +19,9 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +40,108 @@ def free_port(host: str) -> int:
         return int(s.getsockname()[1])
 
 
+def _free_loopback(taken: set[str]) -> str:
+    while True:
+        host = f"127.{random.randint(1, 250)}.{random.randint(1, 250)}.{random.randint(2, 250)}"
+        if host not in taken:
+            return host
+
+
+def _prepare_root(paths: Paths) -> None:
+    """OS definitions (noop) and the cached busybox kernel under a node's root."""
+    paths.ensure()
+    os_dir = os.path.join(paths.root, "srv/ganeti/os")
+    os.makedirs(os_dir, exist_ok=True)
+    if os.path.isdir(NOOP_OS) and not os.path.exists(os.path.join(os_dir, "noop")):
+        os.symlink(NOOP_OS, os.path.join(os_dir, "noop"))
+    cache = os.path.join(paths.cache_dir, "busybox")
+    os.makedirs(cache, exist_ok=True)
+    for deb in glob.glob(str(KERNEL_CACHE / "linux-image-*.deb")):
+        shutil.copy(deb, cache)
+
+
+@dataclass
+class NodeHandle:
+    """A node daemon of a :class:`LocalCluster` with its own root and loopback address."""
+
+    name: str
+    paths: Paths
+    host: str
+    port: int
+    env: dict[str, str] = field(default_factory=dict, repr=False)
+
+    @property
+    def pid_file(self) -> str:
+        """The node daemon's pid file."""
+        return self.paths.pid_file("corral-noded")
+
+    @property
+    def log_file(self) -> str:
+        """The node daemon's log."""
+        return os.path.join(self.paths.log_dir, "corral-noded.log")
+
+    def noded_pid(self) -> int | None:
+        """The pid of the running node daemon, or None."""
+        from corral.common import daemonize
+
+        return daemonize.daemon_status(self.pid_file, name="corral-noded")
+
+    def start_noded(self, *, join: bool = False) -> str:
+        """Start its node daemon (detached); ``join`` (or no certificate yet) means join mode.
+
+        Returns:
+            What ``corral-noded`` printed (``join token: ...`` in join mode).
+        """
+        argv = [sys.executable, "-m", "corral.node.daemon", "--root", self.paths.root]
+        argv += ["--bind", self.host, "--port", str(self.port), "--log-file", self.log_file]
+        if join or not os.path.exists(self.paths.node_cert):
+            argv.append("--join")
+        proc = subprocess.run(
+            argv, env=self.env, capture_output=True, text=True, timeout=60, check=False
+        )
+        if proc.returncode != 0:
+            raise AssertionError(
+                f"{' '.join(argv)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+            )
+        return proc.stdout
+
+    def kill_noded(self, sig: int = signal.SIGKILL) -> None:
+        """Send ``sig`` to the node daemon (if it runs)."""
+        pid = self.noded_pid()
+        if pid is not None:
+            os.kill(pid, sig)
+
+    def join_token(self) -> str:
+        """The join token the daemon keeps (root-only file) while in join mode."""
+        with open(self.paths.join_token, encoding="utf-8") as fh:
+            return fh.read().strip()
+
+    def guest_pids(self) -> dict[str, int]:
+        """Pids of the QEMU processes of this node's root, by instance name."""
+        pids = {}
+        for pidfile in glob.glob(os.path.join(self.paths.hv_run_dir("kvm"), "*", "qemu.pid")):
+            try:
+                with open(pidfile) as fh:
+                    pids[os.path.basename(os.path.dirname(pidfile))] = int(fh.read().strip())
+            except (OSError, ValueError):
+                continue
+        return pids
+
+    def stop(self) -> None:
+        """Stop its node daemon and SIGKILL its guests."""
+        from corral.common import daemonize
+
+        try:
+            daemonize.stop_daemon(self.pid_file, 20, name="corral-noded")
+        finally:
+            for pid in self.guest_pids().values():
+                try:
+                    if b"qemu" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                        os.kill(pid, signal.SIGKILL)
+                except OSError:
+                    pass
+
+
 class LocalCluster:
     """One cluster: its root, address, ports and helpers to run commands against it."""
 
@@ -49,6 +153,7 @@ class LocalCluster:
         reaper: Path | None = None,
         admin_password: str | None = None,
         cluster_name: str = "e2e",
+        init_options: dict[str, Any] | None = None,
     ):
         from corral.master.bootstrap import init_cluster
 
@@ -78,15 +183,74 @@ class LocalCluster:
             enabled_hypervisors=hypervisors,
             rapi_port=self.rapi_port,
             noded_port=self.noded_port,
-            file_storage_dir=os.path.join(self.paths.root, "srv/corral/disks"),
+            # node-local: each node daemon keeps it under its own root (Paths.host_path)
+            file_storage_dir="/srv/corral/disks",
             admin_password=admin_password,
+            **(init_options or {}),
         )
         self.env = {
             **os.environ,
             "CORRAL_ROOT": self.paths.root,
             "PATH": f"{VENV_BIN}:{os.environ.get('PATH', '')}",
         }
+        self.nodes: dict[str, NodeHandle] = {}
         self.run("corral", "daemons", "start")
+
+    # --- more nodes -----------------------------------------------------------------------
+
+    def start_joining_node(self, name: str, *, env: dict[str, str] | None = None) -> NodeHandle:
+        """A new root ``<R's parent>/<name>`` with a node daemon in join mode (not added).
+
+        ``env`` adds environment variables for the daemon (e.g. the test version override).
+        The handle is stopped by :meth:`close`.
+        """
+        root = Path(self.paths.root).parent / name
+        if root.exists():
+            raise AssertionError(f"{root} exists already")
+        paths = Paths(str(root))
+        _prepare_root(paths)
+        taken = {self.host} | {n.host for n in self.nodes.values()}
+        host = _free_loopback(taken)
+        handle = NodeHandle(
+            name=name,
+            paths=paths,
+            host=host,
+            port=free_port(host),
+            env={**self.env, "CORRAL_ROOT": str(root), **(env or {})},
+        )
+        self.nodes[name] = handle
+        out = handle.start_noded(join=True)
+        match = re.search(r"join token: (\S+)", out)
+        if match is None or match.group(1) != handle.join_token():
+            raise AssertionError(f"corral-noded --join printed no (matching) token: {out!r}")
+        return handle
+
+    def add_node(
+        self,
+        name: str,
+        *,
+        master_candidate: bool = False,
+        vm_capable: bool = True,
+        group: str | None = None,
+    ) -> NodeHandle:
+        """Start a node daemon in join mode on a new root and address, then run the real
+        ``corral node add`` on the master; returns once the node is in ``corral node list``.
+
+        Raises:
+            AssertionError: a command failed (with its output).
+        """
+        handle = self.start_joining_node(name)
+        argv = ["node", "add", name, "--address", handle.host, "--port", str(handle.port)]
+        argv += ["--join-token", handle.join_token()]
+        argv += ["--master-candidate", "yes" if master_candidate else "no"]
+        argv += ["--vm-capable", "yes" if vm_capable else "no"]
+        if group is not None:
+            argv += ["--group", group]
+        self.corral(*argv)
+        listed = self.run("corral", "node", "list", "--no-headers", "-o", "name").stdout.split()
+        if name not in listed:
+            raise AssertionError(f"node {name} not in 'corral node list' after add: {listed}")
+        return handle
 
     # --- commands -------------------------------------------------------------------------
 
@@ -201,6 +365,11 @@ class LocalCluster:
         from corral.cli.daemons import stop_daemons
 
         try:
+            for handle in getattr(self, "nodes", {}).values():
+                try:
+                    handle.stop()
+                except Exception as exc:  # keep tearing down the others
+                    print(f"stopping node {handle.name}: {exc}")
             stop_daemons(self.paths, timeout=20)
         finally:
             for pid in self.guest_pids().values():
@@ -215,3 +384,9 @@ class LocalCluster:
                 ):
                     with open(log, encoding="utf-8", errors="replace") as fh:
                         print(f"--- {log} (tail) ---\n{fh.read()[-3000:]}")
+                for handle in getattr(self, "nodes", {}).values():
+                    try:
+                        with open(handle.log_file, encoding="utf-8", errors="replace") as fh:
+                            print(f"--- {handle.log_file} (tail) ---\n{fh.read()[-3000:]}")
+                    except OSError:
+                        pass

@@ -1,4 +1,8 @@
-"""RAPI v2 node resources: ``/2/nodes``, ``/2/nodes/[n]``, ``/2/nodes/[n]/role``, tags."""
+"""RAPI v2 node resources: ``/2/nodes``, ``/2/nodes/[n]``, ``/2/nodes/[n]/role``, tags.
+
+``/2/nodes/[n]/role`` is GET and PUT, ``/2/nodes/[n]/modify`` POST; the group resources
+(``rapi2/groups.py``) are included in this router.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +11,34 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
+from corral.api.errors import HttpError
 from corral.api.fields import N_FIELDS, plain
-from corral.api.rapi2.common import READ, flag, ok, service_of, uri_list
+from corral.api.rapi2 import groups
+from corral.api.rapi2.common import (
+    READ,
+    WRITE,
+    build_op,
+    common_static,
+    dict_body,
+    flag,
+    json_body,
+    ok,
+    service_of,
+    submit,
+    uri_list,
+)
 from corral.api.rapi2.queries import node_query
 
 router = APIRouter()
+router.include_router(groups.router)
+
+#: ``PUT /2/nodes/[n]/role`` body -> OP_NODE_SET_PARAMS flags (Ganeti's rlib2 mapping).
+ROLE_FLAGS: dict[str, dict[str, bool]] = {
+    "master-candidate": {"master_candidate": True, "offline": False, "drained": False},
+    "regular": {"master_candidate": False, "offline": False, "drained": False},
+    "drained": {"drained": True},
+    "offline": {"offline": True},
+}
 
 
 def _dicts(fields: list[str], rows: list[list[Any]]) -> list[dict[str, Any]]:
@@ -47,3 +74,33 @@ async def get_role(request: Request, name: str) -> JSONResponse:
 async def get_tags(request: Request, name: str) -> JSONResponse:
     """The node's tags."""
     return ok(list(service_of(request).node(name).tags))
+
+
+@router.put("/2/nodes/{name}/role", dependencies=[WRITE])
+async def set_role(request: Request, name: str) -> JSONResponse:
+    """Change the node's role (body: the role as a JSON string); the job id.
+
+    Raises:
+        HttpError: 400 for ``master`` (use master-failover) or an unknown role.
+    """
+    role = await json_body(request)
+    if role == "master":
+        raise HttpError(400, "the master role cannot be set; use cluster master-failover")
+    if not isinstance(role, str) or role not in ROLE_FLAGS:
+        raise HttpError(400, f"unknown node role {role!r} (known: {', '.join(ROLE_FLAGS)})")
+    static: dict[str, Any] = {
+        "node_name": name,
+        "force": flag(request, "force"),
+        "auto_promote": flag(request, "auto-promote"),
+        **ROLE_FLAGS[role],
+        **common_static(request, f"nodes/{name}/role"),
+    }
+    return ok(await submit(request, [build_op("OP_NODE_SET_PARAMS", None, static)]))
+
+
+@router.post("/2/nodes/{name}/modify", dependencies=[WRITE])
+async def modify_node(request: Request, name: str) -> JSONResponse:
+    """Change node parameters (body: OP_NODE_SET_PARAMS fields); the job id."""
+    body = await dict_body(request)
+    static = {"node_name": name, **common_static(request, f"nodes/{name}/modify")}
+    return ok(await submit(request, [build_op("OP_NODE_SET_PARAMS", body, static)]))
