@@ -22,7 +22,7 @@ from fastapi import FastAPI
 from corral.api.auth import Authenticator, UsersFile
 from corral.api.errors import install_handlers
 from corral.api.protocol import MasterServiceApi
-from corral.api.rapi2 import cluster, instances, jobs, nodes, query
+from corral.api.rapi2 import cluster, instances, jobs, mobility, nodes, query
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ def create_app(
     app.state.service = service
     app.state.authenticator = authenticator
     install_handlers(app)
-    for module in (cluster, instances, jobs, nodes, query):
+    for module in (cluster, instances, jobs, mobility, nodes, query):
         app.include_router(module.router)
     return app
 

@@ -39,6 +39,9 @@ from corral.objects.params.hv import FAKE_HVPARAMS
 from corral.objects.params.spec import Schema
 
 _SUFFIX = ".json"
+#: Environment variable setting the version the fake hypervisor reports (default ``fake``):
+#: lets tests run a node whose hypervisor version differs from the others'.
+VERSION_ENV = "CORRAL_FAKE_HV_VERSION"
 
 
 class FakeHypervisor(FakePower, FakeDevices, Hypervisor):
@@ -209,6 +212,12 @@ class FakeHypervisor(FakePower, FakeDevices, Hypervisor):
                 "fake": True,
                 "max_memory": int(data["max_memory"]),
                 "min_memory": int(data["min_memory"]),
+                # like the KVM driver: the side of a migration in progress (or left behind)
+                **(
+                    {"migration": str(data["migration"].get("role", ""))}
+                    if isinstance(data.get("migration"), dict)
+                    else {}
+                ),
             },
         )
 
@@ -281,7 +290,7 @@ class FakeHypervisor(FakePower, FakeDevices, Hypervisor):
             memory_free=max(0, total - used),
             memory_hv=used,
             cpu_total=os.cpu_count() or 1,
-            hv_version="fake",
+            hv_version=os.environ.get(VERSION_ENV) or "fake",
         )
 
     def verify(self) -> list[str]:

@@ -5,6 +5,11 @@ the file storage directory (``vol.params["storage_dir"]`` as the master sends it
 :attr:`Paths.file_storage_dir`): no ``..``, no symlinked file, no redundant separators, and the
 resolved parent directory must still be inside the resolved storage directory.
 
+File storage is node-local: the master's paths are re-rooted under the node's root
+(:meth:`Paths.host_path`, the identity on a real host), so node daemons sharing one machine in
+tests do not share their "local" disks. The ``sharedfile`` driver (``sharedfile.py``) is this
+driver without the re-rooting, for a directory every node mounts at the same path.
+
 * raw images are sparse files made with ``ftruncate`` (Ganeti's file disks do the same), so a
   new 10 GiB disk costs no space until the guest writes;
 * qcow2 images are made with ``qemu-img create -f qcow2``;
@@ -60,44 +65,60 @@ class FileStorage(StorageDriver):
     # --- path checks ---------------------------------------------------------------------
 
     def storage_dir(self, vol: VolumeSpec) -> str:
-        """The directory this volume must live in.
+        """The directory this volume must live in, on this host.
 
         Raises:
             StorageError: the configured directory is not an absolute normalised path (INVALID).
         """
+        return self._host(self._cluster_storage_dir(vol))
+
+    def _cluster_storage_dir(self, vol: VolumeSpec) -> str:
+        """The storage dir as the master names it (before :meth:`_host`).
+
+        Raises:
+            StorageError: not an absolute path (INVALID).
+        """
         raw = vol.params.get("storage_dir") or self.paths.file_storage_dir
         if not isinstance(raw, str) or not os.path.isabs(raw) or "\0" in raw:
             raise StorageError(
-                f"file storage dir must be an absolute path, got {raw!r}",
+                f"{self.NAME} storage dir must be an absolute path, got {raw!r}",
                 kind=ErrorKind.INVALID,
             )
         return os.path.normpath(raw)
 
+    def _host(self, path: str) -> str:
+        """Where a cluster path of this driver lies on this host.
+
+        ``file`` storage is node-local: under the node's root (:meth:`Paths.host_path`).
+        """
+        return self.paths.host_path(path)
+
     def check_path(self, vol: VolumeSpec, logical_id: str | None = None) -> str:
-        """Return the volume's image path after checking it stays inside the storage dir.
+        """The volume's image path on this host, checked to stay inside the storage dir.
 
         Raises:
             StorageError: the path is relative, contains ``..`` or redundant parts, leaves the
                 storage dir (also through a symlinked directory), or is a symlink (INVALID).
         """
         path = vol.logical_id if logical_id is None else logical_id
-        base = self.storage_dir(vol)
+        base = self._cluster_storage_dir(vol)
         problem = _path_problem(path, base)
+        host = self._host(path) if problem is None else path
         if problem is None:
-            real_base = os.path.realpath(base)
-            real_parent = os.path.realpath(os.path.dirname(path))
+            real_base = os.path.realpath(self._host(base))
+            real_parent = os.path.realpath(os.path.dirname(host))
             if not _is_within(real_parent, real_base, allow_equal=True):
                 problem = f"resolves outside the file storage dir {base}"
-            elif os.path.islink(path):
+            elif os.path.islink(host):
                 problem = "is a symbolic link"
         if problem is not None:
             raise StorageError(
-                f"refusing file volume path {path!r}: {problem}",
+                f"refusing {self.NAME} volume path {path!r}: {problem}",
                 kind=ErrorKind.INVALID,
                 logical_id=path,
                 storage_dir=base,
             )
-        return path
+        return host
 
     @staticmethod
     def _check_format(vol: VolumeSpec) -> str:
@@ -277,7 +298,7 @@ class FileStorage(StorageDriver):
                     rv.success()
                 self._prune_dirs(os.path.dirname(src), self.storage_dir(vol))
                 log.info("renamed volume %s to %s", src, dst)
-        return self._inspect(dst, fmt, dst)
+        return self._inspect(dst, fmt, new_logical_id)
 
     def space(self, location: str) -> tuple[int, int]:
         """Total and free MiB of the filesystem that holds (or will hold) ``location``.
@@ -291,12 +312,42 @@ class FileStorage(StorageDriver):
             raise StorageError(
                 f"storage location must be absolute, got {location!r}", kind=ErrorKind.INVALID
             )
-        probe = _existing_ancestor(location)
+        probe = _existing_ancestor(self._host(location))
         try:
             st = os.statvfs(probe)
         except OSError as exc:
             raise _os_error("cannot measure", location, exc) from exc
         return st.f_blocks * st.f_frsize // MiB, st.f_bavail * st.f_frsize // MiB
+
+    def list_volumes(self, storage_dir: str) -> list[str]:
+        """The logical ids (cluster paths) of every image file below ``storage_dir``.
+
+        Used by cluster verify to find orphan volumes. Symbolic links and anything but
+        regular files are skipped; a missing directory holds no volumes.
+
+        Raises:
+            StorageError: ``storage_dir`` is not absolute (INVALID) or cannot be read.
+        """
+        if not os.path.isabs(storage_dir):
+            raise StorageError(
+                f"storage dir must be absolute, got {storage_dir!r}", kind=ErrorKind.INVALID
+            )
+        base = os.path.normpath(storage_dir)
+        host_base = self._host(base)
+        found: list[str] = []
+
+        def fail(exc: OSError) -> None:
+            raise _os_error("cannot list", host_base, exc) from exc
+
+        if not os.path.isdir(host_base):
+            return []
+        for dirpath, _dirs, files in os.walk(host_base, onerror=fail):
+            for name in files:
+                full = os.path.join(dirpath, name)
+                if os.path.islink(full) or not os.path.isfile(full):
+                    continue
+                found.append(base + full[len(host_base) :])
+        return sorted(found)
 
     # --- helpers -------------------------------------------------------------------------
 

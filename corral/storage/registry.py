@@ -12,9 +12,13 @@ from corral.common.errors import ErrorKind, StorageError
 from corral.common.paths import Paths
 from corral.storage.base import StorageDriver
 from corral.storage.file import FileStorage
+from corral.storage.sharedfile import SharedFileStorage
 
 #: Every storage driver by the ``dev_type`` of the disks it serves.
-STORAGE_DRIVERS: dict[str, Callable[[Paths], StorageDriver]] = {"file": FileStorage}
+STORAGE_DRIVERS: dict[str, Callable[[Paths], StorageDriver]] = {
+    "file": FileStorage,
+    "sharedfile": SharedFileStorage,
+}
 
 
 def get_storage(dev_type: str, paths: Paths) -> StorageDriver:

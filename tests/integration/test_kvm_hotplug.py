@@ -475,7 +475,8 @@ def test_instance_modify_hotplugs_through_the_cli(cluster: LocalCluster) -> None
     disk1 = c.corral_json("instance", "info", "vm1")["disks"][1]["logical_id"]
     c.corral("instance", "modify", "--disk", "1:remove", "vm1")
     c.wait_serial("vm1", r"CORRAL-DEV blk=\[vda\] net=\[lo\]", count=2)
-    assert not os.path.exists(disk1)
+    assert os.path.exists(os.path.dirname(c.paths.host_path(disk1)))
+    assert not os.path.exists(c.paths.host_path(disk1))
 
     if two_cpus:  # a new cpu_mask is applied to the running guest
         c.corral("instance", "modify", "-H", "cpu_mask=1:0", "vm1")

@@ -4,7 +4,7 @@ Two ``corral-noded`` processes run in two temporary roots on two loopback addres
 certificates from one cluster CA; the test talks to them with :class:`RpcClient` exactly as a
 cluster migration will: ``migration_info`` on the source, ``accept_instance`` on the
 destination, ``migrate_instance`` and ``migration_status`` on the source, then the finalize
-steps. Both nodes reach the instance's disk through one shared directory (a ``file`` volume
+steps. Both nodes reach the instance's disk through one shared directory (a ``sharedfile`` volume
 whose ``storage_dir`` is that directory), as shared storage would provide.
 
 Success: the guest keeps running on the destination (its console answers, its uptime goes
@@ -76,7 +76,7 @@ class Pair:
             with open(path, "wb") as fh:
                 fh.truncate(DISK_MIB * 1024 * 1024)
         volume = VolumeSpec(
-            dev_type="file",
+            dev_type="sharedfile",
             logical_id=path,
             size=DISK_MIB,
             uuid=f"{name}-disk0",

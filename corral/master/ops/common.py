@@ -395,6 +395,30 @@ def file_disk_path(base: str, subdir: str | None, instance: str, index: int) -> 
     return os.path.join(*parts)
 
 
+#: Disk templates whose disks are image files (``dev_type`` equal to the template's name).
+FILE_TEMPLATES = ("file", "sharedfile")
+
+
+def template_storage_dir(cluster: Cluster, template: str) -> str:
+    """The directory new disks of a file-based ``template`` go to.
+
+    ``file``: the node-local ``file_storage_dir``; ``sharedfile``: the cluster's
+    ``shared_file_storage_dir``, the same path on every node.
+
+    Raises:
+        OpError: ``sharedfile`` without a shared storage dir configured (WRONG_STATE).
+    """
+    if template == "sharedfile":
+        if not cluster.shared_file_storage_dir:
+            raise OpError(
+                "the cluster has no shared file storage dir; set shared_file_storage_dir "
+                "(cluster init --shared-file-storage-dir) to use the sharedfile template",
+                kind=ErrorKind.WRONG_STATE,
+            )
+        return cluster.shared_file_storage_dir
+    return cluster.file_storage_dir
+
+
 def renamed_disk_path(path: str, new_instance: str) -> str:
     """The path of a file disk after its instance is renamed (the instance directory)."""
     inst_dir = os.path.dirname(path)

@@ -14,6 +14,7 @@ from corral.hypervisor.base import InstanceState
 from corral.master.locking import LockMode, instance_lock, node_lock
 from corral.master.ops.base import Operation, register
 from corral.master.ops.common import (
+    FILE_TEMPLATES,
     HV_NEEDS_PORT,
     AsyncUndo,
     allocate_port,
@@ -35,6 +36,7 @@ from corral.master.ops.common import (
     live_info,
     normalize_mac,
     reason_text,
+    template_storage_dir,
     volume_spec,
 )
 from corral.master.ops.hooks import instance_env
@@ -77,7 +79,7 @@ BOOT_FILE_PARAMS = frozenset({"kernel_path", "initrd_path"})
 IOpT = TypeVar("IOpT", bound=OpCode)
 
 #: Disk templates this master can create.
-SUPPORTED_TEMPLATES = ("file", "diskless")
+SUPPORTED_TEMPLATES = ("file", "sharedfile", "diskless")
 
 
 class InstanceOperation(Operation[IOpT]):
@@ -180,7 +182,7 @@ class InstanceCreate(Operation[OpInstanceCreate]):
             raise ParamError({"snode": f"the {op.disk_template} template has no secondary node"})
         if op.disk_template == "diskless" and op.disks:
             raise ParamError({"disks": "a diskless instance cannot have disks"})
-        if op.disk_template == "file" and not op.disks:
+        if op.disk_template in FILE_TEMPLATES and not op.disks:
             raise ParamError({"disks": "a file-based instance needs at least one disk"})
         problems: dict[str, str] = {}
         for idx, disk in enumerate(op.disks):
@@ -325,7 +327,10 @@ class InstanceCreate(Operation[OpInstanceCreate]):
 
     def _new_disks(self) -> list[Disk]:
         cluster = self.cluster
-        disks = []
+        disks: list[Disk] = []
+        if not self.op.disks:
+            return disks
+        base = template_storage_dir(cluster, self.op.disk_template)
         for idx, arg in enumerate(self.op.disks):
             fmt = arg.format or filled_diskparams(cluster, self.op.disk_template).get("format")
             DISKPARAMS[self.op.disk_template].check_syntax({"format": fmt})
@@ -334,15 +339,15 @@ class InstanceCreate(Operation[OpInstanceCreate]):
                     name=arg.name,
                     size=arg.size,
                     mode=DiskMode(arg.mode),
-                    dev_type="file",
+                    dev_type=self.op.disk_template,
                     format=str(fmt),
                     logical_id=file_disk_path(
-                        cluster.file_storage_dir,
+                        base,
                         self.op.file_storage_dir,
                         self.op.instance_name,
                         idx,
                     ),
-                    params={"storage_dir": cluster.file_storage_dir},
+                    params={"storage_dir": base},
                 )
             )
         return disks
@@ -542,6 +547,7 @@ class InstanceStartup(InstanceOperation[OpInstanceStartup]):
 
     OPCODE = OpInstanceStartup
     HPATH = "instance-start"
+    IDEMPOTENT = True
 
     _running: bool = False
     _hv: dict[str, Any]
@@ -623,6 +629,7 @@ class InstanceShutdown(InstanceOperation[OpInstanceShutdown]):
 
     OPCODE = OpInstanceShutdown
     HPATH = "instance-stop"
+    IDEMPOTENT = True
 
     _running: bool = False
     _powered_off: bool = False

@@ -50,12 +50,14 @@ from corral.common.errors import CorralError, ErrorKind, OpError, ParamError
 from corral.hypervisor.base import NicSpec
 from corral.master.ops.base import OpContext
 from corral.master.ops.common import (
+    FILE_TEMPLATES,
     AsyncUndo,
     check_ip,
     check_storage_space,
     file_disk_path,
     generate_mac,
     normalize_mac,
+    template_storage_dir,
     volume_spec,
 )
 from corral.objects.cluster import Cluster
@@ -312,7 +314,7 @@ class DeviceChanges:
                 self._plan_nic(mod)
             if mod.action != "modify" or self.steps[-1].hot:
                 needs_hot.add(mod.kind)
-        if inst.disk_template == "file" and not self.disks:
+        if inst.disk_template in FILE_TEMPLATES and not self.disks:
             raise OpError(
                 f"cannot remove the last disk of {inst.name} (a file-based instance needs one)",
                 kind=ErrorKind.INVALID,
@@ -425,10 +427,9 @@ class DeviceChanges:
             directory = os.path.dirname(inst.disks[0].logical_id)
             base_params = dict(inst.disks[0].params)
         else:
-            directory = os.path.dirname(
-                file_disk_path(cluster.file_storage_dir, None, inst.name, 0)
-            )
-            base_params = {"storage_dir": cluster.file_storage_dir}
+            base = template_storage_dir(cluster, inst.disk_template)
+            directory = os.path.dirname(file_disk_path(base, None, inst.name, 0))
+            base_params = {"storage_dir": base}
         taken = {os.path.basename(d.logical_id) for d in [*inst.disks, *self.disks]}
         n = 0
         while f"disk{n}" in taken:
@@ -437,7 +438,7 @@ class DeviceChanges:
             name=str(params.get("name") or ""),
             size=int(params["size"]),
             mode=DiskMode(params.get("mode", "rw")),
-            dev_type="file",
+            dev_type=inst.disk_template if inst.disk_template in FILE_TEMPLATES else "file",
             format=str(fmt),
             logical_id=os.path.join(directory, f"disk{n}"),
             params=base_params,

@@ -398,7 +398,7 @@ class InstanceRename(InstanceOperation[OpInstanceRename]):
         undo = AsyncUndo(self.ctx)
         try:
             for idx, disk in enumerate(old.disks):
-                if disk.dev_type != "file":
+                if disk.dev_type not in ("file", "sharedfile"):
                     continue
                 new_path = renamed_disk_path(disk.logical_id, new_name)
                 self.feedback(f"moving disk {idx} to {new_path}")

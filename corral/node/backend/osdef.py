@@ -380,7 +380,9 @@ def build_env(
             env[prefix + "FRONTEND_TYPE"] = str(hv["disk_type"])
         # NOTE: QEMU opens file disks itself; Ganeti's nearest backend type for a file disk
         # is file:loop (file:<driver>), and every other kind reaches the guest as a block device.
-        env[prefix + "BACKEND_TYPE"] = "file:loop" if disk.dev_type == "file" else "block"
+        env[prefix + "BACKEND_TYPE"] = (
+            "file:loop" if disk.dev_type in ("file", "sharedfile") else "block"
+        )
     for nic in instance.nics:
         prefix = f"NIC_{nic.index}_"
         env[prefix + "MAC"] = nic.mac

@@ -135,5 +135,6 @@ DISKPARAMS_FILE = Schema.of(
 #: Disk templates and their diskparams schemas.
 DISKPARAMS: dict[str, Schema] = {
     "file": DISKPARAMS_FILE,
+    "sharedfile": Schema.of("diskparams/sharedfile", list(DISKPARAMS_FILE.specs.values())),
     "diskless": Schema.of("diskparams/diskless", []),
 }

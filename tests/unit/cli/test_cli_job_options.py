@@ -30,6 +30,22 @@ GNT_JOB_CASES = {
     ("gnt-instance", "remove"): ["-f", "vm1"],
     ("gnt-instance", "add-tags"): ["vm1", "t1"],
     ("gnt-instance", "remove-tags"): ["vm1", "t1"],
+    ("gnt-instance", "migrate"): ["-n", "node2", "vm1"],
+    ("gnt-instance", "failover"): ["-f", "vm1"],
+    ("gnt-instance", "move"): ["-f", "-n", "node2", "vm1"],
+    ("gnt-node", "evacuate"): ["-f", "node1"],
+    ("gnt-node", "migrate"): ["-f", "node1"],
+    ("gnt-node", "failover"): ["-f", "node1"],
+    # node membership and groups (raw opcodes on the local socket)
+    ("gnt-node", "add"): ["--primary-ip", "127.0.0.2", "--join-token", "t", "node2"],
+    ("gnt-node", "readd"): ["node2"],
+    ("gnt-node", "remove"): ["node2"],
+    ("gnt-node", "modify"): ["-C", "yes", "node2"],
+    ("gnt-group", "add"): ["g1"],
+    ("gnt-group", "remove"): ["g1"],
+    ("gnt-group", "rename"): ["g1", "g2"],
+    ("gnt-group", "assign-nodes"): ["g1", "node2"],
+    ("gnt-group", "modify"): ["--alloc-policy", "last_resort", "g1"],
 }
 
 #: corral subcommand path -> arguments that submit a job for vm1.
@@ -51,9 +67,24 @@ CORRAL_JOB_CASES = {
     ("instance", "resume"): ["vm1"],
     ("instance", "suspend"): ["vm1"],
     ("instance", "unsuspend"): ["vm1"],
+    ("instance", "migrate"): ["--target-node", "node2", "vm1"],
+    ("instance", "failover"): ["-f", "vm1"],
+    ("instance", "move"): ["-f", "-n", "node2", "vm1"],
+    ("node", "evacuate"): ["-f", "node1"],
+    ("node", "migrate"): ["-f", "node1"],
+    ("node", "failover"): ["-f", "node1"],
+    ("node", "add"): ["--address", "127.0.0.2", "--join-token", "t", "node2"],
+    ("node", "readd"): ["node2"],
+    ("node", "remove"): ["node2"],
+    ("node", "modify"): ["--offline", "yes", "node2"],
+    ("group", "add"): ["g1"],
+    ("group", "remove"): ["g1"],
+    ("group", "rename"): ["g1", "g2"],
+    ("group", "assign-nodes"): ["g1", "node2"],
+    ("group", "modify"): ["--alloc-policy", "last_resort", "g1"],
 }
 
-ENTRY = {"gnt-instance": gnt.gnt_instance}
+ENTRY = {"gnt-instance": gnt.gnt_instance, "gnt-node": gnt.gnt_node, "gnt-group": gnt.gnt_group}
 
 
 def _gnt_subcommands_with(option: str) -> set[tuple[str, str]]:

@@ -188,7 +188,12 @@ def test_storage_dir_from_params(driver: FileStorage, tmp_path: Path, paths: Pat
         size=8,
         params={"storage_dir": str(other)},
     )
-    assert driver.create(v).path == str(other / "vm1" / "d0")
+    # file storage is node-local: the master's path is re-rooted under the node's root
+    info = driver.create(v)
+    assert info.path == paths.root + str(other / "vm1" / "d0")
+    assert info.logical_id == v.logical_id
+    assert os.path.isfile(info.path) and not os.path.exists(v.logical_id)
+    assert driver.list_volumes(str(other)) == [v.logical_id]
     # the same path is refused when the default storage dir applies
     with pytest.raises(StorageError) as exc:
         driver.find(VolumeSpec(dev_type="file", logical_id=v.logical_id, size=8))
@@ -291,7 +296,8 @@ def test_no_space_is_no_resources(tmp_path: Path) -> None:
     mnt.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mnt)], check=True)
     try:
-        paths = Paths(str(tmp_path / "root"))
+        # the mount lies inside the root: taken as a host path (see Paths.host_path)
+        paths = Paths(str(tmp_path))
         drv = FileStorage(paths)
         params = {"storage_dir": str(mnt)}
         big = VolumeSpec(
