@@ -10,7 +10,7 @@ Operations never build network addresses or touch TLS; they call
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Protocol, Self, TypeVar
 
 from corral.common.errors import CorralError
@@ -52,7 +52,19 @@ async def call_many(
     *,
     timeout: float | None = None,
 ) -> dict[str, Resp | CorralError]:
-    """Run the same call on several nodes at once.
+    """Run the same call on several nodes at once (see :func:`call_each`)."""
+    return await call_each(runner, nodes, call, lambda _node: request, timeout=timeout)
+
+
+async def call_each(
+    runner: NodeRunner,
+    nodes: Iterable[Node],
+    call: Call[Req, Resp],
+    request_for: Callable[[Node], Req],
+    *,
+    timeout: float | None = None,
+) -> dict[str, Resp | CorralError]:
+    """Run ``call`` on several nodes at once, each with its own request.
 
     Returns:
         For each node name, its response or the :class:`CorralError` it failed with (an
@@ -62,7 +74,7 @@ async def call_many(
 
     async def one(node: Node) -> Resp | CorralError:
         try:
-            return await runner.call(node, call, request, timeout=timeout)
+            return await runner.call(node, call, request_for(node), timeout=timeout)
         except CorralError as exc:
             return exc
 
