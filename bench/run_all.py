@@ -15,7 +15,17 @@ import traceback
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from bench import hotplug, instance_start, job_latency, list_scale, lxc, migration
+from bench import (
+    cluster_verify,
+    hotplug,
+    instance_migrate,
+    instance_start,
+    job_latency,
+    leader_failover,
+    list_scale,
+    lxc,
+    migration,
+)
 from bench.harness import install_signal_handlers
 
 BENCHMARKS: dict[str, Callable[[bool], dict[str, Any]]] = {
@@ -24,7 +34,10 @@ BENCHMARKS: dict[str, Callable[[bool], dict[str, Any]]] = {
     list_scale.NAME: list_scale.run,
     hotplug.NAME: hotplug.run,
     migration.NAME: migration.run,
+    instance_migrate.NAME: instance_migrate.run,
     lxc.NAME: lxc.run,
+    cluster_verify.NAME: cluster_verify.run,
+    leader_failover.NAME: leader_failover.run,
 }
 
 

@@ -94,3 +94,11 @@ class MasterServiceApi(Protocol):
     async def os_diagnose(self) -> list[OsInfo]:
         """Every OS definition found, merged over the nodes."""
         ...
+
+    def is_leader(self) -> bool:
+        """Whether this master is the leader (runs the jobs)."""
+        ...
+
+    def leader(self) -> str | None:
+        """The leader master's node name (None while nobody leads)."""
+        ...

@@ -25,7 +25,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any, TypeAlias
 
-from corral.cli import actions, cluster_actions
+from corral.cli import actions, cluster_actions, gnt_nodes, verify
 from corral.cli.actions import ListOptions
 from corral.cli.common import Cli, paths_from, run_command
 from corral.cli.parsing import BARE_SIZES_ARE_MIB
@@ -386,9 +386,16 @@ def _tags_handler(verb: str) -> Handler:
     return handler
 
 
+def _instance_commands_all(sub: argparse._SubParsersAction[Any]) -> None:
+    from corral.cli.mobility import gnt_instance_commands
+
+    _instance_commands(sub)
+    gnt_instance_commands(sub)
+
+
 def gnt_instance(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``gnt-instance``."""
-    return _run("gnt-instance", _instance_commands, argv)
+    return _run("gnt-instance", _instance_commands_all, argv)
 
 
 # --- gnt-cluster, gnt-job, gnt-node, gnt-os ------------------------------------------------------
@@ -415,6 +422,7 @@ def _cluster_commands(sub: argparse._SubParsersAction[Any]) -> None:
             nicparams=a.nicparams,
             enabled_disk_templates=a.enabled_disk_templates,
             mac_prefix=a.mac_prefix,
+            store=a.store,
         ),
         "initialise a cluster",
     )
@@ -430,6 +438,7 @@ def _cluster_commands(sub: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("-N", "--nic-parameters", dest="nicparams", action="append", default=[])
     p.add_argument("--enabled-disk-templates")
     p.add_argument("-m", "--mac-prefix")
+    p.add_argument("--store", help="etcd://host:port[,host:port...] (default: SQLite)")
     p.add_argument("--no-etc-hosts", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--no-ssh-init", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("name")
@@ -438,6 +447,9 @@ def _cluster_commands(sub: argparse._SubParsersAction[Any]) -> None:
     _add(
         sub, "getmaster", lambda c, a: cluster_actions.cluster_getmaster(c), "print the master node"
     )
+    p = _add(sub, "master-failover", _master_failover, "make this node the master")
+    p.add_argument("--no-voting", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--yes-do-it", action="store_true", help=argparse.SUPPRESS)
     p = _add(
         sub,
         "destroy",
@@ -445,6 +457,13 @@ def _cluster_commands(sub: argparse._SubParsersAction[Any]) -> None:
         "destroy the cluster",
     )
     p.add_argument("--yes-do-it", action="store_true")
+    verify.add_gnt_commands(sub)
+
+
+def _master_failover(cli: Cli, _args: argparse.Namespace) -> None:
+    from corral.cli.leader import cluster_master_failover
+
+    cluster_master_failover(cli)
 
 
 def gnt_cluster(argv: Sequence[str] | None = None) -> int:
@@ -534,11 +553,28 @@ def _node_commands(sub: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("names", nargs="*")
     p = _add(sub, "info", lambda c, a: cluster_actions.node_info(c, a.names), "show node details")
     p.add_argument("names", nargs="*")
+    gnt_nodes.node_membership_commands(sub, _add, _common, _job)
+
+
+def _group_commands(sub: argparse._SubParsersAction[Any]) -> None:
+    gnt_nodes.group_commands(sub, _add, _common, _job)
+
+
+def gnt_group(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``gnt-group``."""
+    return _run("gnt-group", _group_commands, argv)
+
+
+def _node_commands_all(sub: argparse._SubParsersAction[Any]) -> None:
+    from corral.cli.mobility import gnt_node_commands
+
+    _node_commands(sub)
+    gnt_node_commands(sub)
 
 
 def gnt_node(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``gnt-node``."""
-    return _run("gnt-node", _node_commands, argv)
+    return _run("gnt-node", _node_commands_all, argv)
 
 
 def _os_commands(sub: argparse._SubParsersAction[Any]) -> None:
@@ -556,10 +592,11 @@ def gnt_os(argv: Sequence[str] | None = None) -> int:
 
 #: Every ``gnt-*`` command and the function that adds its subcommands.
 COMMANDS: dict[str, Builder] = {
-    "gnt-instance": _instance_commands,
+    "gnt-instance": _instance_commands_all,
     "gnt-cluster": _cluster_commands,
     "gnt-job": _job_commands,
-    "gnt-node": _node_commands,
+    "gnt-node": _node_commands_all,
+    "gnt-group": _group_commands,
     "gnt-os": _os_commands,
 }
 
@@ -571,6 +608,7 @@ if __name__ == "__main__":
         "cluster": gnt_cluster,
         "job": gnt_job,
         "node": gnt_node,
+        "group": gnt_group,
         "os": gnt_os,
     }
     sys.exit(_nouns[sys.argv[1]](sys.argv[2:]))

@@ -4,10 +4,10 @@
 
     corral [--root DIR] [--output table|json] [--api-url URL --user NAME] NOUN VERB ...
 
-Nouns: ``cluster``, ``daemons``, ``instance``, ``job``, ``node``, ``os``. Every command but
-``cluster init|destroy`` and ``daemons`` talks to the master's API: by default over its local
-UNIX socket (root only, no password), or with ``--api-url`` to a RAPI URL with HTTP Basic
-credentials (``--user``; the password from ``$CORRAL_PASSWORD``).
+Nouns: ``cluster``, ``daemons``, ``group``, ``instance``, ``job``, ``node``, ``os``. Every
+command but ``cluster init|destroy`` and ``daemons`` talks to the master's API: by default
+over its local UNIX socket (root only, no password), or with ``--api-url`` to a RAPI URL with
+HTTP Basic credentials (``--user``; the password from ``$CORRAL_PASSWORD``).
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ from typing import Annotated
 
 import typer
 
-from corral.cli import cluster, daemons, instance, job, node
+from corral.cli import cluster, daemons, instance, job, node, verify
+from corral.cli import group as group_cmds
 from corral.cli import os as os_cmds
 from corral.cli.common import Cli, paths_from
 
@@ -76,11 +77,17 @@ def global_options(
         ctx.obj.output = output
 
 
+verify.register(cluster.app)
 app.add_typer(cluster.app, name="cluster")
 app.add_typer(daemons.app, name="daemons")
 app.add_typer(instance.app, name="instance")
 app.add_typer(job.app, name="job")
+# NOTE: imported for its side effect: it adds migrate/failover/move to the instance app and
+# evacuate/migrate/failover to the node app.
+from corral.cli import mobility  # noqa: E402, F401
+
 app.add_typer(node.app, name="node")
+app.add_typer(group_cmds.app, name="group")
 app.add_typer(os_cmds.app, name="os")
 
 

@@ -16,8 +16,16 @@
   written once both listeners are bound and removed on exit.
 * Runs the watcher (``master/watcher.py``: instances whose guest powered itself off are
   recorded "user down") every ``$CORRAL_WATCHER_INTERVAL`` seconds (default 30, 0 = off).
+* Leadership (``master/leader.py``, ``docs/architecture/leadership.md``): every master
+  candidate runs this daemon and serves the API. With an etcd store the daemon campaigns for
+  the leader lease (TTL ``$CORRAL_LEADER_TTL`` seconds, default 3); only while it leads does
+  it run the job executor and the watcher and hold the master IP. With SQLite the only master
+  always leads. ``--node-name`` (default: the name in this node's certificate) names this
+  master; a candidate other than the node the cluster was initialised on serves the RAPI on
+  its own primary IP (unless ``rapi_bind`` is a wildcard address).
 * SIGTERM/SIGINT: stop accepting requests, give running jobs :data:`STOP_GRACE` seconds, then
-  interrupt them (they end in ``error`` saying the master was stopped).
+  interrupt them (single master: they end in ``error`` saying the master was stopped; with an
+  election they are left to the next leader, which resumes or fails them), and resign.
 
 Exit codes: 0 stopped normally (or detached successfully), 1 could not start.
 """
@@ -44,9 +52,12 @@ from corral.common.errors import CorralError, ErrorKind
 from corral.common.log import setup_logging
 from corral.common.paths import Paths
 from corral.master.bootstrap import ClusterConf, load_cluster_conf, open_store
+from corral.master.config import ClusterConfig
+from corral.master.leader import DEFAULT_TTL, LeaderElection
 from corral.master.rpcrunner import RpcNodeRunner
 from corral.master.service import MasterService
 from corral.master.watcher import Watcher, interval_from_env
+from corral.store.base import Store
 
 log = logging.getLogger("corral.master.daemon")  # not __main__ under "python -m"
 
@@ -63,7 +74,62 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--foreground", action="store_true", help="do not detach")
     p.add_argument("--log-file", help="log file (default: stderr with --foreground)")
     p.add_argument("--log-level", default="info", help="debug, info, warning or error")
+    p.add_argument("--node-name", help="this master's node (default: from its certificate)")
     return p
+
+
+#: Environment variable overriding the leader lease TTL (seconds, integer).
+ENV_LEADER_TTL = "CORRAL_LEADER_TTL"
+_WILDCARDS = ("0.0.0.0", "::")
+
+
+def leader_ttl_from_env() -> int:
+    """The leader lease TTL from ``$CORRAL_LEADER_TTL`` (bad values: the default)."""
+    raw = os.environ.get(ENV_LEADER_TTL, "")
+    try:
+        return max(1, int(raw)) if raw else DEFAULT_TTL
+    except ValueError:
+        log.warning("ignoring %s=%r: not an integer", ENV_LEADER_TTL, raw)
+        return DEFAULT_TTL
+
+
+def node_name_of(paths: Paths, conf: ClusterConf, given: str | None) -> str:
+    """This master's node name.
+
+    ``given``, else the CN of the node certificate, else the node the cluster was initialised
+    on (when the certificate cannot be read; logged).
+    """
+    if given:
+        return given
+    from corral.rpc import tls
+
+    try:
+        return tls.cert_common_name(paths.node_cert)
+    except CorralError as exc:
+        log.warning("cannot read the node name from %s: %s", paths.node_cert, exc)
+        return conf.master_node
+
+
+def _may_lead(store: Store, node: str) -> bool:
+    """Whether ``node`` may campaign: a master-capable, online master candidate."""
+    found = ClusterConfig(store).read_node(node)
+    return bool(
+        found is not None and found.master_candidate and found.master_capable and not found.offline
+    )
+
+
+def _rapi_bind(store: Store, conf: ClusterConf, node: str) -> str:
+    """Where this master serves the RAPI (see the module docstring)."""
+    if conf.rapi_bind in _WILDCARDS or node == conf.master_node:
+        return conf.rapi_bind
+    found = ClusterConfig(store).read_node(node)
+    if found is None:
+        raise CorralError(
+            f"node {node} is not in the cluster; cannot run a master here",
+            kind=ErrorKind.WRONG_STATE,
+            node=node,
+        )
+    return found.primary_ip
 
 
 class _Server(uvicorn.Server):
@@ -132,7 +198,7 @@ def _listen_unix(path: str) -> socket.socket:
     return sock
 
 
-async def _serve(paths: Paths, conf: ClusterConf, pid_file: str) -> None:
+async def _serve(paths: Paths, conf: ClusterConf, pid_file: str, node: str) -> None:
     """Run the service and both listeners until SIGTERM/SIGINT."""
     from corral.api.app import create_app
 
@@ -141,9 +207,22 @@ async def _serve(paths: Paths, conf: ClusterConf, pid_file: str) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     store = open_store(conf.store)
+    election: LeaderElection | None = None
+    election_store: Store | None = None
+    if conf.store.startswith("etcd://"):
+        ttl = leader_ttl_from_env()
+        # NOTE: its own connections with short requests, so a stuck API request can never
+        # delay a lease refresh (and a stuck refresh self-fences in time).
+        election_store = open_store(conf.store, timeout=max(0.5, ttl / 3), retry_for=ttl / 3)
+        election = LeaderElection(
+            election_store, node, ttl=ttl, eligible=lambda: _may_lead(store, node)
+        )
     runner = RpcNodeRunner.from_paths(paths)
-    service = MasterService(store, runner, paths)
-    tcp_sock = _listen_tcp(conf.rapi_bind, conf.rapi_port)
+    service = MasterService(store, runner, paths, leadership=election, node_name=node)
+    watcher = Watcher(service, interval=interval_from_env())
+    service.add_leader_task(watcher.run)
+    bind = _rapi_bind(store, conf, node)
+    tcp_sock = _listen_tcp(bind, conf.rapi_port)
     unix_sock = _listen_unix(paths.master_socket)
     app = create_app(service, users_file=paths.rapi_users)
     # NOTE: the app's lifespan (SIGHUP reload of the users file) runs once, with the TCP server.
@@ -184,14 +263,12 @@ async def _serve(paths: Paths, conf: ClusterConf, pid_file: str) -> None:
             NAME,
             corral.__version__,
             conf.cluster_name,
-            conf.rapi_bind,
+            bind,
             conf.rapi_port,
             paths.master_socket,
             os.getpid(),
         )
         servers = list(tasks)
-        watcher = Watcher(service, interval=interval_from_env())
-        tasks.append(asyncio.create_task(watcher.run(stop), name="watcher"))
         stopped = asyncio.create_task(stop.wait())
         await asyncio.wait([stopped, *servers], return_when=asyncio.FIRST_COMPLETED)
         stopped.cancel()
@@ -203,6 +280,8 @@ async def _serve(paths: Paths, conf: ClusterConf, pid_file: str) -> None:
         await service.stop(STOP_GRACE)
         await runner.aclose()
         store.close()
+        if election_store is not None:
+            election_store.close()
         for sock in (tcp_sock, unix_sock):
             sock.close()
         with contextlib.suppress(OSError):
@@ -219,7 +298,7 @@ def _run(args: argparse.Namespace, paths: Paths, pid_file: str) -> int:
         raise CorralError(
             f"{NAME} is already running (pid {running})", kind=ErrorKind.EXISTS, pid=running
         )
-    asyncio.run(_serve(paths, conf, pid_file))
+    asyncio.run(_serve(paths, conf, pid_file, node_name_of(paths, conf, args.node_name)))
     log.info("%s stopped", NAME)
     return 0
 

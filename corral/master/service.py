@@ -16,8 +16,10 @@ marked up and shows ``ERROR_down``.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 from corral.common.errors import CorralError, ParamError
@@ -26,7 +28,16 @@ from corral.hypervisor.base import InstanceInfo
 from corral.master.config import ClusterConfig
 from corral.master.jobs.executor import DEFAULT_MAX_JOBS, JobExecutor
 from corral.master.jobs.queue import JobQueue, job_fields
+from corral.master.leader import (
+    FencedConfig,
+    LeaderElection,
+    Leadership,
+    NotLeaderError,
+    SoleLeadership,
+    read_leader,
+)
 from corral.master.locking import LockManager
+from corral.master.masterip import MasterIp, params_from_cluster
 from corral.master.ops.base import OPERATIONS, operation_class
 from corral.master.ops.misc import merge_os_lists
 from corral.master.rpcrunner import NodeRunner, call_many
@@ -51,9 +62,26 @@ from corral.store.base import Store
 
 log = logging.getLogger(__name__)
 
+#: Seconds between two looks at the leadership state (no I/O: a clock comparison).
+LEADERSHIP_POLL = 0.05
+#: Seconds running jobs get to finish when the leader hands the role over on purpose.
+HANDOFF_GRACE = 10.0
+
+#: A task run only while this master leads; it must return soon after its event is set.
+LeaderTask = Callable[[asyncio.Event], Coroutine[Any, Any, None]]
+
 
 class MasterService:
     """The control plane of one master process.
+
+    Every master candidate runs one; the API works on all of them (reads, and job submission,
+    which only stores the job). Only while :meth:`is_leader` holds does this one run the job
+    executor (over a fenced config: ``master/leader.py``), the leader tasks (the watcher) and
+    hold the master IP. Leadership changes are followed by a monitor task: on becoming the
+    leader it records ``cluster.master_node``, recovers and takes over jobs, starts the
+    executor and the leader tasks and turns the master IP up; on losing it, it stops them
+    without recording anything about running jobs (the new leader decides) and turns the IP
+    down.
 
     Args:
         store: the cluster-state store (holding an initialised cluster).
@@ -62,6 +90,10 @@ class MasterService:
         max_jobs: jobs run at once.
         watch_interval: how long the executor's watch for jobs submitted by other processes
             blocks (0 disables that watch).
+        leadership: a :class:`LeaderElection` (etcd); default: this master always leads
+            (SQLite, single host).
+        node_name: this master's node (default: the cluster's ``master_node``).
+        master_ip: turns the master IP up/down (default: one for ``paths``).
     """
 
     def __init__(
@@ -72,35 +104,192 @@ class MasterService:
         *,
         max_jobs: int = DEFAULT_MAX_JOBS,
         watch_interval: float = 1.0,
+        leadership: Leadership | None = None,
+        node_name: str | None = None,
+        master_ip: MasterIp | None = None,
     ) -> None:
         self.paths = paths
         self.runner = runner
         self.config = ClusterConfig(store)
         self.queue = JobQueue(self.config)
         self.locks = LockManager()
-        self.executor = JobExecutor(
-            self.config,
-            self.queue,
-            runner,
-            paths,
-            locks=self.locks,
-            max_jobs=max_jobs,
-            watch_interval=watch_interval,
-        )
+        self.max_jobs = max_jobs
+        self.watch_interval = watch_interval
+        self.node_name = node_name or (leadership.node if leadership is not None else None)
+        self.leadership: Leadership | None = leadership
+        self.master_ip = master_ip or MasterIp(paths)
+        #: The executor of the current leadership term (None while not leading).
+        self.executor: JobExecutor | None = None
+        self._term_queue: JobQueue | None = None
+        self._leader_tasks: list[LeaderTask] = []
+        self._term_stop = asyncio.Event()
+        self._term_tasks: list[asyncio.Task[None]] = []
+        self._ip_params: Any = None
+        self._monitor: asyncio.Task[None] | None = None
+        self._closing = False
+        #: Set each time this master becomes the leader / stops leading (tests, bench).
+        self.terms = 0
+
+    def add_leader_task(self, task: LeaderTask) -> None:
+        """Run ``task(stop_event)`` during every leadership term (call before :meth:`start`)."""
+        self._leader_tasks.append(task)
 
     async def start(self) -> None:
-        """Recover interrupted jobs and start running queued ones.
+        """Start following the leadership; when leading, recover jobs and run them.
+
+        With the default leadership (single master) the executor runs when this returns.
 
         Raises:
             StoreError: the store cannot be read (or holds no cluster).
         """
-        self.config.cluster()
-        await self.executor.start()
+        cluster = self.config.cluster()
+        if self.leadership is None:
+            self.node_name = self.node_name or cluster.master_node
+            self.leadership = SoleLeadership(self.node_name)
+        if isinstance(self.leadership, LeaderElection):
+            self.leadership.start()
+        if self.leadership.is_leader():
+            await self._become_leader()
+        self._monitor = asyncio.create_task(self._follow_leadership(), name="leadership")
 
     async def stop(self, grace: float = 10.0) -> None:
-        """Stop the executor (running jobs get ``grace`` seconds) and the long polls."""
-        await self.executor.stop(grace)
+        """Stop: running jobs get ``grace`` seconds; then give up the leadership.
+
+        With a single master, jobs still running after ``grace`` end in ``error`` (the master
+        was stopped); with an election they are left for the next leader to take over.
+        """
+        self._closing = True
+        if self._monitor is not None:
+            self._monitor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._monitor
+        if self.executor is not None:
+            await self._step_down(grace=grace)
+        if isinstance(self.leadership, LeaderElection):
+            await asyncio.to_thread(self.leadership.stop)
         self.queue.close()
+
+    # --- leadership -----------------------------------------------------------------------
+
+    def is_leader(self) -> bool:
+        """Whether this master leads now (runs the executor)."""
+        return self.leadership is not None and self.leadership.is_leader()
+
+    def leader(self) -> str | None:
+        """The leader master's node name (None while nobody leads).
+
+        Raises:
+            StoreError: the store cannot be read (with an election).
+        """
+        if isinstance(self.leadership, LeaderElection):
+            info = read_leader(self.config.store)
+        elif self.leadership is not None:
+            info = self.leadership.current()
+        else:
+            return self.config.cluster().master_node
+        return info.node if info is not None else None
+
+    async def _follow_leadership(self) -> None:
+        leadership = self.leadership
+        assert leadership is not None
+        while not self._closing:
+            handoff = (
+                isinstance(leadership, LeaderElection) and leadership.handoff_requested.is_set()
+            )
+            if self.executor is None and leadership.is_leader() and not handoff:
+                await self._become_leader()
+            elif self.executor is not None and (not leadership.is_leader() or handoff):
+                await self._step_down(grace=HANDOFF_GRACE if handoff else 0.0)
+            elif handoff and isinstance(leadership, LeaderElection):
+                await asyncio.to_thread(leadership.release)
+            await asyncio.sleep(LEADERSHIP_POLL)
+
+    async def _become_leader(self) -> None:
+        leadership = self.leadership
+        assert leadership is not None and self.node_name is not None
+        node = self.node_name
+        fenced = (
+            FencedConfig(self.config.store, leadership)
+            if isinstance(leadership, LeaderElection)
+            else self.config
+        )
+        queue = JobQueue(fenced)
+        executor = JobExecutor(
+            fenced,
+            queue,
+            self.runner,
+            self.paths,
+            locks=self.locks,
+            max_jobs=self.max_jobs,
+            watch_interval=self.watch_interval,
+            leadership=leadership,
+        )
+        try:
+            cluster = fenced.cluster()
+            if cluster.master_node != node:
+                previous = cluster.master_node
+                cluster = fenced.modify_cluster(lambda c: setattr(c, "master_node", node))
+                log.info("master role moved from node %s to node %s", previous, node)
+            await executor.start()
+        except NotLeaderError as exc:
+            log.warning("lost the leadership while taking it: %s", exc)
+            await executor.abandon()
+            queue.close()
+            return
+        except CorralError as exc:
+            # NOTE: stay a follower in name; the monitor retries on its next round.
+            log.error("cannot take over as the leader: %s", exc)
+            await executor.abandon()
+            queue.close()
+            await asyncio.sleep(1.0)
+            return
+        self.executor, self._term_queue = executor, queue
+        self.terms += 1
+        log.info("node %s leads: job executor started", node)
+        self._term_stop = asyncio.Event()
+        self._term_tasks = [
+            asyncio.create_task(task(self._term_stop), name="leader-task")
+            for task in self._leader_tasks
+        ]
+        try:
+            self._ip_params = params_from_cluster(cluster, node)
+        except CorralError as exc:
+            log.error("master IP not configured correctly: %s", exc)
+            self._ip_params = None
+        if self._ip_params is not None:
+            try:
+                await asyncio.to_thread(self.master_ip.turnup, self._ip_params)
+            except CorralError as exc:
+                log.error("cannot turn up the master IP %s: %s", self._ip_params.ip, exc)
+
+    async def _step_down(self, *, grace: float) -> None:
+        """End the leadership term: stop the executor and leader tasks, turn the IP down.
+
+        With an election, running jobs get ``grace`` seconds and are then left to the next
+        leader; with a single master they end in ``error`` after ``grace`` (it was stopped).
+        Finally the lease is released. Never raises.
+        """
+        executor, queue = self.executor, self._term_queue
+        self.executor = self._term_queue = None
+        self._term_stop.set()
+        await asyncio.gather(*self._term_tasks, return_exceptions=True)
+        self._term_tasks = []
+        if executor is not None:
+            if isinstance(self.leadership, LeaderElection):
+                log.warning("node %s stops leading: job executor stopped", self.node_name)
+                await executor.drain_and_abandon(grace)
+            else:
+                await executor.stop(grace)
+        if queue is not None:
+            queue.close()
+        if self._ip_params is not None:
+            try:
+                await asyncio.to_thread(self.master_ip.turndown, self._ip_params)
+            except CorralError as exc:
+                log.error("cannot turn down the master IP %s: %s", self._ip_params.ip, exc)
+            self._ip_params = None
+        if isinstance(self.leadership, LeaderElection):
+            await asyncio.to_thread(self.leadership.release)
 
     # --- jobs -----------------------------------------------------------------------------
 
@@ -117,7 +306,9 @@ class MasterService:
         for op in ops:
             operation_class(op.OP_ID)(op).check_arguments()
         job = self.queue.submit(ops)
-        self.executor.enqueue(job.id, job.priority)
+        if self.executor is not None:
+            self.executor.enqueue(job.id, job.priority)
+        # NOTE: otherwise the leader's executor finds the job through its watch on the store.
         return job.id
 
     def get_job(self, job_id: int) -> Job:
@@ -139,7 +330,7 @@ class MasterService:
             JobError: no such job (NOT_FOUND).
         """
         outcome = self.queue.cancel(job_id, interruptible=_reaches_cancellation_point)
-        if outcome[0]:
+        if outcome[0] and self.executor is not None:
             self.executor.request_cancel(job_id)
         return outcome
 

@@ -28,11 +28,19 @@ class Cluster(ConfigObject):
     osparams: dict[str, dict[str, Any]] = Field(default_factory=dict)
     enabled_disk_templates: list[str] = Field(default_factory=lambda: ["file", "diskless"])
     file_storage_dir: str = "/srv/corral/disks"
+    #: Where ``sharedfile`` disks go: the same path on every node (NFS); "" = not set up.
+    shared_file_storage_dir: str = ""
     mac_prefix: str = "aa:00:00"
     rapi_port: int = 5080
     noded_port: int = 1811
     store: str = "sqlite"
     hooks_enabled: bool = True
+    #: The master IP (Ganeti's names): kept on the leader master's ``master_netdev``; "" = none.
+    master_ip: str = ""
+    master_netdev: str = ""
+    master_netmask: int = 32
+    #: Run ``<root>/etc/ganeti/scripts/master-ip-setup`` instead of ``ip address add/del``.
+    use_external_mip_script: bool = False
 
     @property
     def default_hypervisor(self) -> str:

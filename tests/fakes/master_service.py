@@ -143,6 +143,8 @@ class FakeMaster:
             return ["node1"]
         if op_id == "OP_TEST_DELAY":
             return None
+        if op_id.startswith(("OP_NODE_", "OP_GROUP_")):
+            return []  # node membership and groups: recorded only (see test_nodes_*.py)
         if op_id == "OP_OS_DIAGNOSE":
             return [[o.name, o.variants] for o in self.oses if o.valid]
         if op_id == "OP_INSTANCE_QUERY_DATA":
@@ -248,6 +250,12 @@ class FakeMaster:
     # --- state reads ---------------------------------------------------------------------------
     def cluster(self) -> Cluster:
         return self._cluster
+
+    def is_leader(self) -> bool:
+        return True
+
+    def leader(self) -> str | None:
+        return self._cluster.master_node
 
     def nodes(self) -> list[Node]:
         return list(self._nodes.values())

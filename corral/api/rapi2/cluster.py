@@ -52,9 +52,10 @@ def cluster_info(cluster: Cluster) -> dict[str, Any]:
         "ndparams": {},
         "ipolicy": {},
         "candidate_pool_size": 10,
-        "master_netdev": "",
-        "master_netmask": 32,
-        "use_external_mip_script": False,
+        "master_netdev": cluster.master_netdev,
+        "master_netmask": cluster.master_netmask,
+        "master_ip": cluster.master_ip,
+        "use_external_mip_script": cluster.use_external_mip_script,
         "volume_group_name": None,
         "file_storage_dir": cluster.file_storage_dir,
         "shared_file_storage_dir": "",
@@ -107,8 +108,11 @@ async def features() -> JSONResponse:
 
 @router.get("/2/info", dependencies=[READ])
 async def info(request: Request) -> JSONResponse:
-    """Cluster information."""
-    return ok(cluster_info(service_of(request).cluster()))
+    """Cluster information; ``master`` is the current leader master."""
+    service = service_of(request)
+    info = cluster_info(service.cluster())
+    info["master"] = service.leader() or info["master"]
+    return ok(info)
 
 
 @router.get("/2/os", dependencies=[READ])

@@ -11,9 +11,18 @@
   as the Ganeti-style result ``[ErrorClass, [message, ecode]]``.
 * Cancellation points: before each opcode, while waiting for locks, and wherever an
   operation calls ``ctx.check_cancel()``.
-* Recovery (:meth:`JobExecutor.start`): jobs a previous master process left ``running`` are
-  failed with :data:`RESTART_MESSAGE` (their opcode may have been half-done); ``waiting`` ones
-  had not started their opcode and are queued again; ``canceling`` ones are canceled.
+* Recovery and takeover (:meth:`JobExecutor.start`, run by every new leader): for a job a
+  previous master (a dead or deposed leader, or this master before a restart) left
+  ``running``, the opcode it was running is re-run from its start when its operation declares
+  ``IDEMPOTENT`` (the job log says "resumed after master X was lost"); otherwise the job is
+  failed with :func:`lost_master_message`, naming that master and warning that the operation
+  may have been applied partly. A job between two opcodes, and ``waiting`` jobs (they had not
+  started their opcode), are queued again; ``canceling`` ones are canceled; ``queued`` ones
+  run. So no job is lost and no non-idempotent opcode runs twice.
+* Leadership: the executor runs only on the leader master (``master/leader.py``). Its
+  :class:`ClusterConfig` is normally a fenced one, so once deposed none of its writes can land;
+  it also checks :meth:`Leadership.is_leader` before each opcode. :meth:`JobExecutor.abandon`
+  stops it on a lost leadership without recording anything (the next leader decides).
 """
 
 from __future__ import annotations
@@ -43,8 +52,15 @@ from corral.common.log import context_logger
 from corral.common.paths import Paths
 from corral.master.config import JOBS_PREFIX, ClusterConfig, job_id_from_key
 from corral.master.jobs.queue import JobQueue
+from corral.master.leader import Leadership, NotLeaderError, owner_node
 from corral.master.locking import LockManager
-from corral.master.ops.base import OpContext, Operation, operation_class
+from corral.master.ops.base import (
+    OPERATIONS,
+    OpContext,
+    Operation,
+    load_operations,
+    operation_class,
+)
 from corral.master.ops.hooks import Hooks
 from corral.master.rpcrunner import NodeRunner
 from corral.objects.job import Job, JobStatus, OpStatus
@@ -53,7 +69,7 @@ from corral.store.base import EventType
 
 log = logging.getLogger(__name__)
 
-#: Result of opcodes that were running when the master died.
+#: Result of opcodes that were running when the master died (a master not known by name).
 RESTART_MESSAGE = (
     "master restarted while the job was running; the operation was interrupted and may "
     "have been applied partly: check the objects it touched before retrying"
@@ -63,6 +79,20 @@ SHUTDOWN_MESSAGE = "master was stopped while the job was running; the operation 
 
 #: Default number of jobs run at once.
 DEFAULT_MAX_JOBS = 64
+
+
+def lost_master_message(master: str, op_id: str) -> str:
+    """Result of a non-idempotent opcode that was running when master ``master`` was lost."""
+    return (
+        f"master {master} was lost while the job was running; {op_id} is not idempotent, so "
+        "it was not run again: the operation was interrupted and may have been applied "
+        "partly: check the objects it touched before retrying"
+    )
+
+
+def resumed_message(master: str, op_id: str) -> str:
+    """Job log line of an idempotent opcode re-run after master ``master`` was lost."""
+    return f"resumed after master {master} was lost ({op_id} is idempotent: it runs again)"
 
 
 def failure_result(exc: CorralError, phase: str) -> list[Any]:
@@ -87,6 +117,8 @@ class JobExecutor:
         locks: the lock manager (a fresh one by default).
         max_jobs: jobs run at once.
         watch_interval: seconds a watch for jobs submitted elsewhere blocks at most.
+        leadership: whether this master leads (default: always, the single-host case);
+            ``config`` should then be a :class:`~corral.master.leader.FencedConfig`.
     """
 
     def __init__(
@@ -99,6 +131,7 @@ class JobExecutor:
         locks: LockManager | None = None,
         max_jobs: int = DEFAULT_MAX_JOBS,
         watch_interval: float = 1.0,
+        leadership: Leadership | None = None,
     ) -> None:
         self.config = config
         self.queue = queue
@@ -107,7 +140,14 @@ class JobExecutor:
         self.locks = locks or LockManager()
         self.max_jobs = max_jobs
         self.watch_interval = watch_interval
-        self.owner = f"{socket.gethostname()}:{os.getpid()}:{int(time.time())}"
+        self.leadership = leadership
+        current = leadership.current() if leadership is not None else None
+        self.owner = (
+            current.owner
+            if current is not None
+            else f"{socket.gethostname()}:{os.getpid()}:{int(time.time())}"
+        )
+        self._abandoning = False
         self._pending: list[tuple[int, int]] = []
         self._seen: set[int] = set()
         self._running: dict[int, asyncio.Task[None]] = {}
@@ -128,6 +168,7 @@ class JobExecutor:
             StoreError: the store cannot be read or written.
         """
         self._loop = asyncio.get_running_loop()
+        load_operations()
         start_rev = self.config.store.revision + 1
         for job in self.queue.list_jobs():
             self._recover(job)
@@ -156,6 +197,32 @@ class JobExecutor:
         if self._watcher is not None:
             await asyncio.to_thread(self._watcher.join, self.watch_interval + 2)
 
+    async def abandon(self) -> None:
+        """Stop at once because this master lost the leadership (see :meth:`drain_and_abandon`)."""
+        await self.drain_and_abandon(0.0)
+
+    async def drain_and_abandon(self, grace: float) -> None:
+        """Stop taking jobs; give running ones ``grace`` seconds, then interrupt them.
+
+        Nothing is recorded about the interrupted jobs: the next leader takes them over (and
+        once deposed our writes would be refused anyway). Used when this master stops leading.
+        Never raises.
+        """
+        self._stopping = True
+        self._wakeup.set()
+        if self._scheduler is not None:
+            await self._scheduler
+        tasks = list(self._running.values())
+        if tasks and grace > 0:
+            _, pending = await asyncio.wait(tasks, timeout=grace)
+            tasks = list(pending)
+        self._abandoning = True
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self._watcher is not None:
+            await asyncio.to_thread(self._watcher.join, self.watch_interval + 2)
+
     def _recover(self, job: Job) -> None:
         if job.status is JobStatus.QUEUED:
             self.enqueue(job.id, job.priority)
@@ -166,14 +233,34 @@ class JobExecutor:
         elif job.status is JobStatus.CANCELING:
             self.queue.mark_canceled(job.id)
         elif job.status is JobStatus.RUNNING:
-            index = next(
-                (i for i, op in enumerate(job.ops) if op.status is not OpStatus.SUCCESS), 0
+            self._take_over(job)
+
+    def _take_over(self, job: Job) -> None:
+        """A job left running by a previous master: resume, requeue or fail it."""
+        index = next((i for i, op in enumerate(job.ops) if op.status is not OpStatus.SUCCESS), 0)
+        master = owner_node(job.owner) if job.owner else ""
+        op_id = str(job.ops[index].input.get("OP_ID", "?"))
+        if job.ops[index].status is not OpStatus.RUNNING:
+            log.info(
+                "job %d was between two opcodes when master %s stopped; queued again",
+                job.id,
+                master or "?",
             )
-            log.warning("job %d: %s", job.id, RESTART_MESSAGE)
-            self.queue.append_log(job.id, index, RESTART_MESSAGE)
-            self.queue.mark_failed(
-                job.id, index, ["OpExecError", [RESTART_MESSAGE, ErrorKind.FAULT.value]]
-            )
+            self.queue.update(job.id, _requeue)
+            self.enqueue(job.id, job.priority)
+            return
+        cls = OPERATIONS.get(op_id)
+        if master and cls is not None and cls.IDEMPOTENT:
+            message = resumed_message(master, op_id)
+            log.warning("job %d: %s", job.id, message)
+            self.queue.append_log(job.id, index, message)
+            self.queue.update(job.id, functools.partial(_resume, index=index))
+            self.enqueue(job.id, job.priority)
+            return
+        message = lost_master_message(master, op_id) if master else RESTART_MESSAGE
+        log.warning("job %d: %s", job.id, message)
+        self.queue.append_log(job.id, index, message)
+        self.queue.mark_failed(job.id, index, ["OpExecError", [message, ErrorKind.FAULT.value]])
 
     # --- intake ---------------------------------------------------------------------------
 
@@ -274,6 +361,9 @@ class JobExecutor:
                 if not await self._run_op(job_id, index, queued.input):
                     return
         except asyncio.CancelledError:
+            if self._abandoning:
+                jlog.warning("interrupted: this master is not the leader any more")
+                raise
             if job_id in self._cancel_requested:
                 task = asyncio.current_task()
                 if task is not None:
@@ -291,6 +381,8 @@ class JobExecutor:
         jlog = context_logger(__name__, job_id=job_id, op=op_id)
         phase = "prereq"
         try:
+            if self.leadership is not None and not self.leadership.is_leader():
+                raise NotLeaderError(f"master {self.owner} is not the leader any more")
             if self.queue.cancel_requested(job_id):
                 raise JobCanceled(f"job {job_id} was canceled")
             opcode = opcode_from_dict(data)
@@ -332,6 +424,10 @@ class JobExecutor:
         except JobCanceled:
             jlog.info("canceled")
             self._finalize_canceled(job_id)
+            return False
+        except NotLeaderError as exc:
+            # NOTE: nothing to record: our writes are fenced; the new leader takes it over.
+            jlog.warning("stopped, not the leader any more: %s", exc)
             return False
         except CorralError as exc:
             jlog.error("failed (%s): %s", exc.kind.value, exc)
@@ -392,4 +488,12 @@ def _requeue(job: Job) -> None:
     for op in job.ops:
         if op.status is OpStatus.WAITING:
             op.status = OpStatus.QUEUED
+    job.status = JobStatus.QUEUED
+
+
+def _resume(job: Job, *, index: int) -> None:
+    """Make opcode ``index`` (left running by a lost master) and the job queued again."""
+    if job.status is not JobStatus.RUNNING or job.ops[index].status is not OpStatus.RUNNING:
+        return  # changed meanwhile (canceled): leave it
+    job.ops[index].status = OpStatus.QUEUED
     job.status = JobStatus.QUEUED

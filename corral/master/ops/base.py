@@ -70,6 +70,11 @@ class Operation(Generic[OpT]):
     #: Whether ``execute`` checks for cancellation while it runs (most operations change
     #: a node in steps that must not be cut short, so they cannot be interrupted).
     INTERRUPTIBLE: ClassVar[bool] = False
+    #: Whether running ``execute`` again after a partial run is safe and gives the same end
+    #: state (a start of a started instance, a query). When the leader master is lost while
+    #: such an opcode runs, the new leader re-runs it; other opcodes fail instead (see
+    #: ``jobs/executor.py``).
+    IDEMPOTENT: ClassVar[bool] = False
 
     OPCODE: ClassVar[type[OpCode]]
     HPATH: ClassVar[str | None] = None

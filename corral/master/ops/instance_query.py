@@ -49,6 +49,7 @@ class InstanceConsole(InstanceOperation[OpInstanceConsole]):
     """How to connect to a running instance's console (RAPI console dict)."""
 
     OPCODE = OpInstanceConsole
+    IDEMPOTENT = True
 
     def declare_locks(self) -> dict[str, LockMode]:
         """Shared locks only: reading."""
@@ -91,6 +92,7 @@ class InstanceQueryData(Operation[OpInstanceQueryData]):
     """Detailed information about instances, live state included unless ``static``."""
 
     OPCODE = OpInstanceQueryData
+    IDEMPOTENT = True
 
     _instances: list[Instance]
 

@@ -28,6 +28,7 @@ class DebugDelay(Operation[OpTestDelay]):
 
     OPCODE = OpTestDelay
     INTERRUPTIBLE = True
+    IDEMPOTENT = True
 
     def check_arguments(self) -> None:
         """Non-negative duration and repeat count."""
@@ -147,6 +148,7 @@ class OsDiagnose(Operation[OpOsDiagnose]):
     """The OS definitions on the nodes, one row of ``output_fields`` per OS."""
 
     OPCODE = OpOsDiagnose
+    IDEMPOTENT = True
 
     def check_arguments(self) -> None:
         """Known output fields."""

@@ -26,6 +26,7 @@ migration      both sides of a migration: info, accept, migrate, status, finaliz
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 
@@ -34,12 +35,15 @@ from corral.common.errors import CorralError
 from corral.common.paths import Paths
 from corral.hypervisor.base import Hypervisor
 from corral.node.backend import info as node_info_mod
+from corral.node.backend import membership
+from corral.node.backend import verify as node_verify
 from corral.node.backend.blockdev import Blockdevs, StorageGetter
 from corral.node.backend.hooks import DEFAULT_HOOK_TIMEOUT, HooksRunner
 from corral.node.backend.instances import InstanceLocks, Instances
 from corral.node.backend.migration import Migrations
 from corral.node.backend.osrun import OsScripts
 from corral.node.backend.power import Power
+from corral.node.backend.transfer import Transfers
 from corral.rpc.calls import (
     AbortMigrationRequest,
     AcceptInstanceRequest,
@@ -90,6 +94,21 @@ from corral.rpc.calls import (
     OsVerifyRequest,
     VersionResponse,
 )
+from corral.rpc.calls_cluster import (
+    FileChecksumsRequest,
+    FileChecksumsResponse,
+    VolumeListRequest,
+    VolumeListResponse,
+)
+from corral.rpc.calls_mobility import (
+    TransferExportRequest,
+    TransferImportAbortRequest,
+    TransferImportStartRequest,
+    TransferImportStartResponse,
+    TransferImportWaitRequest,
+    TransferResult,
+)
+from corral.rpc.calls_nodes import NodeLeaveRequest, WriteFilesRequest, WriteFilesResponse
 from corral.storage.base import StorageDriver
 
 log = logging.getLogger(__name__)
@@ -530,6 +549,64 @@ class NodeBackend:
 
     # --- issue 4: cluster membership (node join, file distribution, certificates) --------
 
+    def node_write_files(self, req: WriteFilesRequest) -> WriteFilesResponse:
+        """Install/remove whitelisted cluster files (see ``backend/membership.py``).
+
+        Raises:
+            ParamError: an unknown file name (nothing written); CorralError: I/O failure.
+        """
+        return membership.write_files(self.paths, req)
+
+    def node_leave(self, req: NodeLeaveRequest) -> Empty:
+        """Drop this node's cluster identity; the daemon then goes back to join mode.
+
+        Raises:
+            CorralError: the files cannot be removed (kind ENVIRONMENT).
+        """
+        membership.leave(self.paths)
+        return Empty()
+
     # --- issue 4: instance mobility (disk transfer between nodes, shared storage) ---------
 
+    @functools.cached_property
+    def transfers(self) -> Transfers:
+        """The volume transfer family (``node/backend/transfer.py``), made on first use."""
+        return Transfers(self.paths, self.node_name, self.blockdevs)
+
+    def transfer_import_start(self, req: TransferImportStartRequest) -> TransferImportStartResponse:
+        """Open a one-shot import into an existing file volume (see ``transfer.py``)."""
+        import_id, port, token = self.transfers.import_start(
+            req.volume, listen_host=req.listen_host, connect_timeout=req.connect_timeout
+        )
+        return TransferImportStartResponse(import_id=import_id, port=port, token=token)
+
+    def transfer_export(self, req: TransferExportRequest) -> TransferResult:
+        """Stream a file volume to a destination's import; checksums compared."""
+        stats = self.transfers.export(
+            req.volume,
+            dest_node=req.dest_node,
+            dest_host=req.dest_host,
+            port=req.port,
+            token=req.token,
+        )
+        return TransferResult(bytes=stats.bytes, sha256=stats.sha256)
+
+    def transfer_import_wait(self, req: TransferImportWaitRequest) -> TransferResult:
+        """What an import received (waits up to ``req.timeout`` seconds)."""
+        stats = self.transfers.import_wait(req.import_id, timeout=req.timeout)
+        return TransferResult(bytes=stats.bytes, sha256=stats.sha256)
+
+    def transfer_import_abort(self, req: TransferImportAbortRequest) -> Empty:
+        """Close an import's listener."""
+        self.transfers.import_abort(req.import_id)
+        return Empty()
+
     # --- issue 4: cluster verify and the watcher ------------------------------------------
+
+    def file_checksums(self, req: FileChecksumsRequest) -> FileChecksumsResponse:
+        """sha256 of the cluster files of a role (see ``backend/verify.py``; never raises)."""
+        return node_verify.file_checksums(self.paths, req)
+
+    def volume_list(self, req: VolumeListRequest) -> VolumeListResponse:
+        """Image files below storage dirs (see ``backend/verify.py``; never raises)."""
+        return node_verify.volume_list(self.paths, req)

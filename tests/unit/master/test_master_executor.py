@@ -10,7 +10,12 @@ from master_fakes import UnusedRunner, run_ops, wait_job
 
 from corral.common.errors import ErrorKind, ParamError
 from corral.common.paths import Paths
-from corral.master.jobs.executor import RESTART_MESSAGE, SHUTDOWN_MESSAGE
+from corral.master.jobs.executor import (
+    RESTART_MESSAGE,
+    SHUTDOWN_MESSAGE,
+    lost_master_message,
+    resumed_message,
+)
 from corral.master.jobs.queue import JobQueue
 from corral.master.locking import LockMode
 from corral.master.service import MasterService
@@ -155,16 +160,27 @@ async def test_job_submitted_by_another_process_is_picked_up(service, config):
 
 
 async def test_restart_recovery(config, tmp_path):
-    """Jobs a dead master left behind: running -> error (with the message), waiting ->
-    queued again, queued -> run."""
+    """Jobs a dead master left behind: running a non-idempotent opcode -> error (naming the
+    lost master), running an idempotent one -> run again, between opcodes -> continued,
+    waiting -> queued again, queued -> run."""
     queue = JobQueue(config)
-    running = queue.submit([OpTestDelay(duration=100), OpTestDelay()])
-    queue.mark_running(running.id, 0, owner="dead-master")
-    queue.append_log(running.id, 0, "sleeping")
+    running = queue.submit([OpTagsSet(kind="cluster", tags=["r"]), OpTestDelay()])
+    queue.mark_running(running.id, 0, owner="node9:123:456")
+    queue.append_log(running.id, 0, "setting tags")
+    anonymous = queue.submit([OpTagsSet(kind="cluster", tags=["a"])])
+    queue.mark_running(anonymous.id, 0)
+    resumable = queue.submit([OpTestDelay(), OpTestDelay(duration=0.1)])
+    queue.mark_running(resumable.id, 0, owner="node9:123:456")
+    queue.mark_op_success(resumable.id, 0, None)
+    queue.mark_running(resumable.id, 1, owner="node9:123:456")
+    between = queue.submit([OpTestDelay(), OpTagsSet(kind="cluster", tags=["b"])])
+    queue.mark_running(between.id, 0, owner="node9:123:456")
+    queue.mark_op_success(between.id, 0, None)
     waiting = queue.submit([OpTagsSet(kind="cluster", tags=["w"])])
     queue.mark_waiting(waiting.id, 0)
     queued = queue.submit([OpTestDelay()])
     queue.close()
+    first_exec = queue.get(resumable.id).ops[1].exec_timestamp
 
     svc = MasterService(config.store, UnusedRunner(), Paths(str(tmp_path)), watch_interval=0)
     await svc.start()
@@ -172,12 +188,22 @@ async def test_restart_recovery(config, tmp_path):
         failed = svc.get_job(running.id)
         assert failed.status is JobStatus.ERROR
         assert [op.status for op in failed.ops] == [OpStatus.ERROR, OpStatus.ERROR]
-        assert failed.ops[0].result == ["OpExecError", [RESTART_MESSAGE, ErrorKind.FAULT.value]]
-        assert failed.all_log()[-1].message == RESTART_MESSAGE
-        assert "master restarted while the job was running" in RESTART_MESSAGE
+        message = lost_master_message("node9", "OP_TAGS_SET")
+        assert failed.ops[0].result == ["OpExecError", [message, ErrorKind.FAULT.value]]
+        assert failed.all_log()[-1].message == message
+        assert "master node9 was lost" in message and "may have been applied partly" in message
+        # a job whose owner is unknown gets the generic message
+        unknown = svc.get_job(anonymous.id)
+        assert unknown.ops[0].result == ["OpExecError", [RESTART_MESSAGE, ErrorKind.FAULT.value]]
+        # the idempotent opcode runs again (once more, by the new master) and the job ends
+        done = await wait_job(svc, resumable.id)
+        assert done.status is JobStatus.SUCCESS
+        assert done.ops[1].exec_timestamp > first_exec
+        assert resumed_message("node9", "OP_TEST_DELAY") in [e.message for e in done.all_log()]
+        assert (await wait_job(svc, between.id)).status is JobStatus.SUCCESS
         assert (await wait_job(svc, waiting.id)).status is JobStatus.SUCCESS
         assert (await wait_job(svc, queued.id)).status is JobStatus.SUCCESS
-        assert svc.cluster().tags == ["w"]
+        assert sorted(svc.cluster().tags) == ["b", "w"]
     finally:
         await svc.stop(grace=1)
 
