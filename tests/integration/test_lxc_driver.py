@@ -24,7 +24,7 @@ from corral.common.errors import ErrorKind, HypervisorError, LaunchError
 from corral.hypervisor.base import AttachedDisk, InstanceSpec, InstanceState, NicSpec
 from corral.hypervisor.lxc import mounts
 from corral.hypervisor.lxc.driver import Lxc
-from tests.conftest import require_root, require_tool
+from tests.conftest import require_root, require_tool, unavailable
 
 pytestmark = [pytest.mark.lxc, pytest.mark.root]
 
@@ -151,7 +151,7 @@ def env(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Env]:
     require_root()
     require_tool("lxc-start", "losetup", "mkfs.ext4")
     if not os.path.exists("/bin/busybox"):
-        pytest.skip("busybox-static missing")
+        unavailable("busybox-static missing")
     e = Env(tmp_path)
     try:
         yield e

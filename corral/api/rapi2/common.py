@@ -246,3 +246,19 @@ async def run_job(request: Request, ops: list[OpCode], *, timeout: float = 120.0
         if op.status is OpStatus.ERROR:
             raise error_from_result(op.result)
     raise JobError(f"job {job_id} ended with status {job.status.value}", job_id=job_id)
+
+
+async def submit_body_op(
+    request: Request, op_id: str, resource: str, static: Mapping[str, Any]
+) -> JSONResponse:
+    """Build ``op_id`` from the request's JSON body plus ``static`` values, submit it as a job.
+
+    ``resource`` names the route in the reason trail (Ganeti's ``instances_name_migrate``...).
+    Returns the job id response.
+
+    Raises:
+        ParamError: a bad body or field (naming it); nothing is submitted.
+    """
+    full = common_static(request, resource) | dict(static)
+    op = build_op(op_id, await dict_body(request), full)
+    return ok(await submit(request, [op]))

@@ -20,6 +20,7 @@ from corral.api.rapi2.common import (
     run_job,
     service_of,
     submit,
+    submit_body_op,
     text_param,
     uri_list,
 )
@@ -172,17 +173,17 @@ async def modify_instance(request: Request, name: str) -> JSONResponse:
     ``disks``/``nics`` modifications (``[[action, index_or_name, params], ...]``) with
     ``hotplug``/``hotplug_if_possible`` (master/ops/instance_devices.py).
     """
-    static = common_static(request, "instances_name_modify") | {"instance_name": name}
-    op = build_op("OP_INSTANCE_SET_PARAMS", await dict_body(request), static)
-    return ok(await submit(request, [op]))
+    return await submit_body_op(
+        request, "OP_INSTANCE_SET_PARAMS", "instances_name_modify", {"instance_name": name}
+    )
 
 
 @router.put("/2/instances/{name}/rename", dependencies=[WRITE])
 async def rename_instance(request: Request, name: str) -> JSONResponse:
     """Rename (body: ``new_name``, ``ip_check``, ``name_check``)."""
-    static = common_static(request, "instances_name_rename") | {"instance_name": name}
-    op = build_op("OP_INSTANCE_RENAME", await dict_body(request), static)
-    return ok(await submit(request, [op]))
+    return await submit_body_op(
+        request, "OP_INSTANCE_RENAME", "instances_name_rename", {"instance_name": name}
+    )
 
 
 @router.post("/2/instances/{name}/reinstall", dependencies=[WRITE])

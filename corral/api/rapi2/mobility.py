@@ -24,6 +24,7 @@ from corral.api.rapi2.common import (
     flag,
     ok,
     submit,
+    submit_body_op,
     text_param,
 )
 
@@ -33,25 +34,25 @@ router = APIRouter()
 @router.put("/2/instances/{name}/migrate", dependencies=[WRITE])
 async def migrate_instance(request: Request, name: str) -> JSONResponse:
     """Migrate an instance (``cleanup`` repairs a failed migration)."""
-    static = common_static(request, "instances_name_migrate") | {"instance_name": name}
-    op = build_op("OP_INSTANCE_MIGRATE", await dict_body(request), static)
-    return ok(await submit(request, [op]))
+    return await submit_body_op(
+        request, "OP_INSTANCE_MIGRATE", "instances_name_migrate", {"instance_name": name}
+    )
 
 
 @router.put("/2/instances/{name}/failover", dependencies=[WRITE])
 async def failover_instance(request: Request, name: str) -> JSONResponse:
     """Fail an instance over to another node."""
-    static = common_static(request, "instances_name_failover") | {"instance_name": name}
-    op = build_op("OP_INSTANCE_FAILOVER", await dict_body(request), static)
-    return ok(await submit(request, [op]))
+    return await submit_body_op(
+        request, "OP_INSTANCE_FAILOVER", "instances_name_failover", {"instance_name": name}
+    )
 
 
 @router.put("/2/instances/{name}/move", dependencies=[WRITE])
 async def move_instance(request: Request, name: str) -> JSONResponse:
     """Copy an instance to another node (body: ``target_node``)."""
-    static = common_static(request, "instances_name_move") | {"instance_name": name}
-    op = build_op("OP_INSTANCE_MOVE", await dict_body(request), static)
-    return ok(await submit(request, [op]))
+    return await submit_body_op(
+        request, "OP_INSTANCE_MOVE", "instances_name_move", {"instance_name": name}
+    )
 
 
 @router.post("/2/nodes/{name}/evacuate", dependencies=[WRITE])
