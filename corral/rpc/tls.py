@@ -12,6 +12,7 @@ client certificate the master presents when it calls a node (mutual TLS, see
                          signed by the CA when its key is here, else self-signed
     crl.pem              the CA's revocation list: serials of removed nodes' certificates,
                          signed by the CA; servers and clients refuse those certificates
+                         (written and read by ``crl.py``)
     join.pem             a joining node's self-signed bootstrap certificate (its key is
                          node.key, the key its cluster certificate will certify)
 
@@ -27,7 +28,7 @@ import ipaddress
 import logging
 import os
 import ssl
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -44,13 +45,18 @@ _log = logging.getLogger(__name__)
 #: Validity of the CA and of the certificates it signs.
 VALIDITY = datetime.timedelta(days=3650)
 #: Certificates are back-dated a little so hosts with slightly late clocks accept them.
-_BACKDATE = datetime.timedelta(hours=1)
+BACKDATE = datetime.timedelta(hours=1)
 
 
 # --- reading and writing -----------------------------------------------------------------------
 
 
-def _read_bytes(path: str, what: str) -> bytes:
+def read_pem_bytes(path: str, what: str) -> bytes:
+    """The bytes of the file ``path`` (``what`` names it in errors).
+
+    Raises:
+        TlsError: the file is missing (kind ENVIRONMENT) or unreadable.
+    """
     try:
         with open(path, "rb") as fh:
             return fh.read()
@@ -70,7 +76,7 @@ def load_certificate(path: str) -> x509.Certificate:
     Raises:
         TlsError: the file is missing, unreadable or holds no valid certificate.
     """
-    data = _read_bytes(path, "certificate")
+    data = read_pem_bytes(path, "certificate")
     try:
         return x509.load_pem_x509_certificate(data)
     except ValueError as exc:
@@ -78,7 +84,7 @@ def load_certificate(path: str) -> x509.Certificate:
 
 
 def _load_ec_key(path: str) -> ec.EllipticCurvePrivateKey:
-    data = _read_bytes(path, "private key")
+    data = read_pem_bytes(path, "private key")
     try:
         key = serialization.load_pem_private_key(data, password=None)
     except (ValueError, TypeError) as exc:
@@ -100,7 +106,12 @@ def _cert_pem(cert: x509.Certificate) -> bytes:
     return cert.public_bytes(serialization.Encoding.PEM)
 
 
-def _write(path: str, data: bytes, mode: int) -> None:
+def write_pem(path: str, data: bytes, mode: int) -> None:
+    """Write ``data`` to ``path`` atomically with ``mode``, creating its directory (0700).
+
+    Raises:
+        TlsError: the directory or the file cannot be written.
+    """
     try:
         os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
         write_atomic(path, data, mode=mode)
@@ -142,7 +153,7 @@ def _builder(
         .issuer_name(issuer)
         .public_key(public_key)
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - _BACKDATE)
+        .not_valid_before(now - BACKDATE)
         .not_valid_after(not_after)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
     )
@@ -234,7 +245,8 @@ def build_leaf(
     return builder.sign(issuer_key, hashes.SHA256())
 
 
-def _now() -> datetime.datetime:
+def utc_now() -> datetime.datetime:
+    """The current time, timezone-aware (UTC), for certificate and CRL dates."""
     return datetime.datetime.now(datetime.UTC)
 
 
@@ -260,13 +272,18 @@ def create_ca(paths: Paths, cluster_name: str, *, overwrite: bool = False) -> No
             path=paths.ca_cert,
         )
     key = ec.generate_private_key(ec.SECP256R1())
-    cert = build_ca(key, cluster_name, now=_now())
+    cert = build_ca(key, cluster_name, now=utc_now())
     # The key goes first: a CA certificate without its key would be useless.
-    _write(paths.ca_key, _key_pem(key), 0o600)
-    _write(paths.ca_cert, _cert_pem(cert), 0o644)
+    write_pem(paths.ca_key, _key_pem(key), 0o600)
+    write_pem(paths.ca_cert, _cert_pem(cert), 0o644)
 
 
-def _load_ca(ca: Paths) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+def load_ca(ca: Paths) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    """The CA certificate and key under ``ca``.
+
+    Raises:
+        TlsError: either file is missing or invalid, or the key does not match the certificate.
+    """
     cert = load_certificate(ca.ca_cert)
     key = _load_ec_key(ca.ca_key)
     if cert.public_key() != key.public_key():
@@ -298,7 +315,7 @@ def issue_node_cert(
         TlsError: the CA is missing or invalid, a name is unusable, or a file cannot be written.
     """
     ca_paths = ca or paths
-    ca_cert, ca_key = _load_ca(ca_paths)
+    ca_cert, ca_key = load_ca(ca_paths)
     key = ec.generate_private_key(ec.SECP256R1())
     cert = build_leaf(
         public_key=key.public_key(),
@@ -307,12 +324,12 @@ def issue_node_cert(
         client_auth=True,
         issuer_cert=ca_cert,
         issuer_key=ca_key,
-        now=_now(),
+        now=utc_now(),
     )
     if ca_paths.ca_cert != paths.ca_cert:
-        _write(paths.ca_cert, _cert_pem(ca_cert), 0o644)
-    _write(paths.node_key, _key_pem(key), 0o600)
-    _write(paths.node_cert, _cert_pem(cert), 0o644)
+        write_pem(paths.ca_cert, _cert_pem(ca_cert), 0o644)
+    write_pem(paths.node_key, _key_pem(key), 0o600)
+    write_pem(paths.node_cert, _cert_pem(cert), 0o644)
 
 
 def create_rapi_cert(paths: Paths, addresses: Sequence[str]) -> None:
@@ -330,7 +347,7 @@ def create_rapi_cert(paths: Paths, addresses: Sequence[str]) -> None:
     issuer_cert: x509.Certificate | None = None
     issuer_key = key
     if os.path.exists(paths.ca_key):
-        issuer_cert, issuer_key = _load_ca(paths)
+        issuer_cert, issuer_key = load_ca(paths)
     names = [*addresses, "localhost"]
     cert = build_leaf(
         public_key=key.public_key(),
@@ -339,9 +356,9 @@ def create_rapi_cert(paths: Paths, addresses: Sequence[str]) -> None:
         client_auth=False,
         issuer_cert=issuer_cert,
         issuer_key=issuer_key,
-        now=_now(),
+        now=utc_now(),
     )
-    _write(paths.rapi_cert, _cert_pem(cert) + _key_pem(key), 0o600)
+    write_pem(paths.rapi_cert, _cert_pem(cert) + _key_pem(key), 0o600)
 
 
 # --- inspection --------------------------------------------------------------------------------
@@ -573,7 +590,7 @@ def create_join_identity(paths: Paths, names: Sequence[str]) -> None:
         key = _load_ec_key(paths.node_key)
     else:
         key = ec.generate_private_key(ec.SECP256R1())
-        _write(paths.node_key, _key_pem(key), 0o600)
+        write_pem(paths.node_key, _key_pem(key), 0o600)
     cert = build_leaf(
         public_key=key.public_key(),
         common_name="corral-joining-node",
@@ -581,9 +598,9 @@ def create_join_identity(paths: Paths, names: Sequence[str]) -> None:
         client_auth=False,
         issuer_cert=None,
         issuer_key=key,
-        now=_now(),
+        now=utc_now(),
     )
-    _write(paths.join_cert, _cert_pem(cert), 0o644)
+    write_pem(paths.join_cert, _cert_pem(cert), 0o644)
 
 
 def join_server_context(paths: Paths) -> ssl.SSLContext:
@@ -686,7 +703,7 @@ def sign_csr(
         TlsError: the CA is missing or invalid, or the CSR is malformed, badly signed or not
             for an EC P-256 key (kind INVALID).
     """
-    ca_cert, ca_key = _load_ca(ca)
+    ca_cert, ca_key = load_ca(ca)
     try:
         csr = x509.load_pem_x509_csr(csr_pem)
     except ValueError as exc:
@@ -705,7 +722,7 @@ def sign_csr(
         client_auth=True,
         issuer_cert=ca_cert,
         issuer_key=ca_key,
-        now=_now(),
+        now=utc_now(),
     )
     return _cert_pem(cert), cert.serial_number
 
@@ -741,66 +758,3 @@ def cert_serial(path: str) -> int:
         TlsError: the file holds no valid certificate.
     """
     return load_certificate(path).serial_number
-
-
-# --- revocation --------------------------------------------------------------------------------
-
-
-def build_crl(
-    ca_cert: x509.Certificate,
-    ca_key: ec.EllipticCurvePrivateKey,
-    serials: Iterable[int],
-    *,
-    now: datetime.datetime,
-) -> x509.CertificateRevocationList:
-    """The CA's revocation list of ``serials`` (pure: no I/O).
-
-    It is valid as long as the CA: an expired CRL would make every handshake fail, and
-    the master writes a new one whenever a certificate is revoked.
-    """
-    builder = (
-        x509.CertificateRevocationListBuilder()
-        .issuer_name(ca_cert.subject)
-        .last_update(now - _BACKDATE)
-        .next_update(max(ca_cert.not_valid_after_utc, now + datetime.timedelta(days=1)))
-    )
-    for serial in sorted(set(serials)):
-        builder = builder.add_revoked_certificate(
-            x509.RevokedCertificateBuilder()
-            .serial_number(serial)
-            .revocation_date(now - _BACKDATE)
-            .build()
-        )
-    return builder.sign(ca_key, hashes.SHA256())
-
-
-def write_crl(paths: Paths, serials: Iterable[int]) -> bytes:
-    """Write ``paths.crl`` (0644) listing ``serials``, signed by the CA under ``paths``.
-
-    Returns:
-        The CRL as written (PEM), for distribution to the nodes.
-
-    Raises:
-        TlsError: the CA is missing or invalid, or the file cannot be written.
-    """
-    ca_cert, ca_key = _load_ca(paths)
-    crl = build_crl(ca_cert, ca_key, serials, now=_now())
-    data = crl.public_bytes(serialization.Encoding.PEM)
-    _write(paths.crl, data, 0o644)
-    return data
-
-
-def revoked_serials(crl_path: str) -> set[int]:
-    """The serial numbers a CRL file lists (empty when the file does not exist).
-
-    Raises:
-        TlsError: the file exists but is not a valid PEM CRL.
-    """
-    if not os.path.exists(crl_path):
-        return set()
-    data = _read_bytes(crl_path, "revocation list")
-    try:
-        crl = x509.load_pem_x509_crl(data)
-    except ValueError as exc:
-        raise TlsError(f"{crl_path} holds no valid CRL: {exc}", path=crl_path) from exc
-    return {r.serial_number for r in crl}

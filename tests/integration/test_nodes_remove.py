@@ -19,7 +19,7 @@ from corral.common.errors import RpcError
 from corral.common.paths import Paths
 from corral.node.backend import NodeBackend
 from corral.node.handlers import CallHandlers
-from corral.rpc import tls
+from corral.rpc import crl, tls
 from corral.rpc.calls import VERSION, Empty
 from corral.rpc.client import NodeAddress, RpcClient
 from corral.rpc.server import RpcServer
@@ -92,7 +92,7 @@ def test_remove_revokes_certificate(cluster: LocalCluster, tmp_path: Path) -> No
     assert "node2 removed" in out.stdout
     assert _listed(c) == ["node1", "node3"]
     # the CA's CRL lists it, on the master and (distributed) on node3
-    assert int(serial, 16) in tls.revoked_serials(c.paths.crl)
+    assert int(serial, 16) in crl.revoked_serials(c.paths.crl)
     assert Path(n3.paths.crl).read_bytes() == Path(c.paths.crl).read_bytes()
     # another node's daemon refuses the removed node's certificate (real handshake)
     refused = asyncio.run(_call_as(ca, str(old / "node.pem"), str(old / "node.key"), node3))
@@ -158,6 +158,6 @@ def test_readd(cluster: LocalCluster) -> None:
     c.corral("node", "readd", "node2", "--join-token", n2.join_token())
     second = tls.cert_serial(n2.paths.node_cert)
     assert second != first
-    assert first in tls.revoked_serials(c.paths.crl)
-    assert second not in tls.revoked_serials(c.paths.crl)
+    assert first in crl.revoked_serials(c.paths.crl)
+    assert second not in crl.revoked_serials(c.paths.crl)
     assert c.corral_json("node", "info", "node2")["name"] == "node2"

@@ -40,7 +40,7 @@ from corral.objects.group import DEFAULT_GROUP
 from corral.objects.node import Node
 from corral.objects.opcodes_node import OpNodeAdd, OpNodeRemove, OpNodeSetParams
 from corral.objects.units import check_name
-from corral.rpc import tls
+from corral.rpc import crl, tls
 from corral.rpc.calls_nodes import (
     CLUSTER_FILE_NAMES,
     NODE_LEAVE,
@@ -78,7 +78,7 @@ def write_local_crl(op: Operation[Any]) -> None:
     Raises:
         TlsError: the CA is missing or invalid here, or the file cannot be written.
     """
-    tls.write_crl(op.ctx.paths, [int(s, 16) for s in revoked(op.ctx.config)])
+    crl.write_crl(op.ctx.paths, [int(s, 16) for s in revoked(op.ctx.config)])
 
 
 async def distribute_files(

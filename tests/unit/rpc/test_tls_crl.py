@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from corral.common.paths import Paths
-from corral.rpc import tls
+from corral.rpc import crl, tls
 
 
 @pytest.fixture
@@ -63,9 +63,9 @@ def _handshake(server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext, name: str
 
 
 def test_crl_roundtrip(ca: Paths) -> None:
-    assert tls.revoked_serials(ca.crl) == set()
-    tls.write_crl(ca, [5, 7, 5])
-    assert tls.revoked_serials(ca.crl) == {5, 7}
+    assert crl.revoked_serials(ca.crl) == set()
+    crl.write_crl(ca, [5, 7, 5])
+    assert crl.revoked_serials(ca.crl) == {5, 7}
 
 
 def test_revoked_client_refused_by_server(ca: Paths, tmp_path: Path) -> None:
@@ -78,14 +78,14 @@ def test_revoked_client_refused_by_server(ca: Paths, tmp_path: Path) -> None:
     )
     client = tls.client_context_from_files(ca_cert=ca.ca_cert, cert=b.node_cert, key=b.node_key)
     assert _handshake(server.get(), client, "a") == "ok"
-    tls.write_crl(ca, [tls.cert_serial(b.node_cert)])
+    crl.write_crl(ca, [tls.cert_serial(b.node_cert)])
     outcome = _handshake(server.get(), client, "a")  # the context was rebuilt
     assert outcome.startswith("server refused") and "revoked" in outcome
 
 
 def test_revoked_server_refused_by_client(ca: Paths, tmp_path: Path) -> None:
     a, b = _node(ca, tmp_path, "a"), _node(ca, tmp_path, "b")
-    tls.write_crl(ca, [tls.cert_serial(a.node_cert)])
+    crl.write_crl(ca, [tls.cert_serial(a.node_cert)])
     server = tls.server_context_from_files(ca_cert=ca.ca_cert, cert=a.node_cert, key=a.node_key)
     client = tls.client_context_from_files(
         ca_cert=ca.ca_cert, cert=b.node_cert, key=b.node_key, crl=ca.crl
