@@ -89,6 +89,9 @@ class AttachedDisk(SpecModel):
     format: str = "raw"  # raw | qcow2
     mode: str = "rw"  # rw | ro
     size: int = 0  # MiB
+    #: how a file-backed disk is given to Xen (Ganeti's file driver: "loop", "blktap",
+    #: "blktap2"); None = a block device (Xen's phy:). Other hypervisors ignore it.
+    file_driver: str | None = None
 
 
 class InstanceState(enum.StrEnum):

@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from corral.objects.params.cpumask import CPU_MASK_ALL, check_cpu_mask_syntax
+from corral.objects.params.hv_xen import XEN_SCHEMAS
 from corral.objects.params.spec import (
     ParamSpec,
     Schema,
@@ -794,4 +795,9 @@ LXC_HVPARAMS = Schema.of(
 )
 
 #: Hypervisor name -> hvparams schema.
-HV_SCHEMAS: dict[str, Schema] = {"kvm": KVM_HVPARAMS, "fake": FAKE_HVPARAMS, "lxc": LXC_HVPARAMS}
+HV_SCHEMAS: dict[str, Schema] = {
+    "kvm": KVM_HVPARAMS,
+    "fake": FAKE_HVPARAMS,
+    "lxc": LXC_HVPARAMS,
+    **XEN_SCHEMAS,
+}
