@@ -10,8 +10,9 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PYTEST_ARGS ?=
 KERNEL_CACHE := $(CURDIR)/.cache/busybox
+XEN_APPLIANCE := $(CURDIR)/.cache/xen-appliance
 
-.PHONY: all deps venv kernel test unit integration check lint typecheck demo demo-clean bench clean
+.PHONY: all deps venv kernel xen-appliance test unit integration check lint typecheck demo demo-clean bench clean
 
 all: check
 
@@ -33,7 +34,13 @@ kernel:
 	  || { apt-get update -q >/dev/null && \
 	       corral/osdefs/busybox/prepare-kernel --cache $(KERNEL_CACHE) --out $(KERNEL_CACHE)/out >/dev/null; }
 
-test: deps venv kernel
+# The Xen test appliance (Xen 4.17 + Debian dom0 image booted under QEMU by the Xen tests):
+# built once (debootstrap; ~2 min here), rebuilt only when scripts/xen-appliance/build.sh,
+# dom0-boot or the Python dependency list change (stamp file). Needs root and the network.
+xen-appliance: venv kernel
+	scripts/xen-appliance/build.sh $(XEN_APPLIANCE)
+
+test: deps venv kernel xen-appliance
 	CORRAL_TEST_KERNEL_DIR=$(KERNEL_CACHE)/out $(PY) -m pytest -q $(PYTEST_ARGS) tests
 
 unit: venv

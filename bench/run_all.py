@@ -25,6 +25,7 @@ from bench import (
     list_scale,
     lxc,
     migration,
+    xen,
 )
 from bench.harness import install_signal_handlers
 
@@ -38,6 +39,7 @@ BENCHMARKS: dict[str, Callable[[bool], dict[str, Any]]] = {
     lxc.NAME: lxc.run,
     cluster_verify.NAME: cluster_verify.run,
     leader_failover.NAME: leader_failover.run,
+    xen.NAME: xen.run,
 }
 
 

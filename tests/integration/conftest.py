@@ -19,6 +19,7 @@ import pytest
 
 from tests.conftest import require_tool
 from tests.integration.etcd_cluster import EtcdCluster
+from tests.integration.xen_appliance import xen_appliance  # noqa: F401  (session fixture)
 
 REPO = Path(__file__).resolve().parents[2]
 
