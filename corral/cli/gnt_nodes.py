@@ -1,4 +1,6 @@
-"""The membership subcommands of ``gnt-node`` (add, remove, readd, modify) and ``gnt-group``.
+"""The membership subcommands of ``gnt-node`` (add, readd, remove, modify, powercycle).
+
+Also ``gnt-group``.
 
 Kept apart from ``gnt.py``, which calls :func:`node_membership_commands` and
 :func:`group_commands` with its own helpers (``add``: register a subcommand, ``common``: the
@@ -97,6 +99,17 @@ def node_membership_commands(
     p.add_argument("--vm-capable")
     p.add_argument("-s", "--secondary-ip")
     p.add_argument("--auto-promote", action="store_true")
+    p.add_argument("node")
+
+    p = add(
+        sub,
+        "powercycle",
+        lambda c, a: node_actions.node_powercycle(c, a.node, job=job(a), yes=a.yes, force=a.force),
+        "hard-reset a node at once",
+    )
+    common(p, force=True)
+    p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    p.add_argument("--power-delay", type=float, help=argparse.SUPPRESS)
     p.add_argument("node")
 
 

@@ -1,4 +1,4 @@
-"""``corral node list|info|add|readd|remove|modify|join-prepare``."""
+"""``corral node list|info|add|readd|remove|modify|powercycle|join-prepare``."""
 
 from __future__ import annotations
 
@@ -183,6 +183,24 @@ def modify_cmd(
             auto_promote=auto_promote,
             force=force,
         ),
+    )
+
+
+@app.command("powercycle")
+def powercycle_cmd(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument()],
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Also the master node.")] = False,
+    submit: Annotated[bool, SUBMIT] = False,
+    dry_run: Annotated[bool, DRY_RUN] = False,
+    reason: Annotated[str | None, REASON] = None,
+) -> None:
+    """Hard-reset a node at once (no clean shutdown), as Ganeti's node powercycle."""
+    job = JobOptions(submit=submit, dry_run=dry_run, reason=reason)
+    _run(
+        ctx,
+        lambda cli: node_actions.node_powercycle(cli, name, job=job, yes=yes, force=force),
     )
 
 

@@ -144,6 +144,29 @@ def node_modify(
             cli.print(f" - {param} -> {value}")
 
 
+def node_powercycle(cli: Cli, name: str, *, job: JobOptions, yes: bool, force: bool) -> None:
+    """Hard-reset a node at once (``POST /2/nodes/<n>/powercycle``); asks first unless ``yes``.
+
+    ``force`` is needed for the master node.
+
+    Raises:
+        ExitCode: no confirmation. CorralError: the master refused the job, or it failed.
+    """
+    from corral.cli.actions import confirm
+
+    confirm(cli, f"Powercycle node {name}? Its instances stop without a clean shutdown.", force=yes)
+    params: list[tuple[str, Any]] = [("force", int(force))]
+    if job.dry_run:
+        params.append(("dry-run", 1))
+    if job.reason:
+        params.append(("reason", job.reason))
+    job_id = int(cli.client().request("POST", f"/2/nodes/{name}/powercycle", params=params))
+    done = run_job(cli, job_id, job, what=f"node powercycle {name}")
+    message = last_result(done)
+    if done is not None and message and not cli.json and not job.dry_run:
+        cli.print(str(message))
+
+
 def node_join_prepare(cli: Cli, *, new_token: bool = False) -> None:
     """Put this host in join mode (key, bootstrap certificate, token) and print the token.
 

@@ -158,6 +158,15 @@ class Paths:
         """A hypervisor driver's private run directory."""
         return self._p("run/corral/hv", hypervisor)
 
+    @property
+    def sysrq_trigger(self) -> str:
+        """The kernel's SysRq trigger (``b`` reboots at once): node powercycle writes here.
+
+        Under a test root this is a plain file, so a test node's powercycle never reaches the
+        real host's kernel.
+        """
+        return self._p("proc/sysrq-trigger")
+
     # --- logs, hooks, OS definitions ------------------------------------------------------
     @property
     def log_dir(self) -> str:

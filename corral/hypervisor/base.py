@@ -159,6 +159,28 @@ class MigrationStatus(SpecModel):
     error: str = ""
 
 
+def linux_powercycle(sysrq_trigger: str) -> None:
+    """Reset the machine at once by writing ``b`` to the kernel's SysRq trigger.
+
+    ``sysrq_trigger`` must come from the node's ``Paths`` (``paths.sysrq_trigger``): under a
+    test root it is a plain file. The write works whatever ``kernel.sysrq`` allows (the
+    trigger file is not filtered). Nothing else is tried: there is no ``reboot -f`` fallback,
+    which would ignore the root.
+
+    Raises:
+        HypervisorError: the trigger cannot be written (kind ENVIRONMENT).
+    """
+    try:
+        with open(sysrq_trigger, "w", encoding="ascii") as fh:
+            fh.write("b")
+    except OSError as exc:
+        raise HypervisorError(
+            f"cannot powercycle the node: writing {sysrq_trigger} failed: {exc.strerror}",
+            kind=ErrorKind.ENVIRONMENT,
+            path=sysrq_trigger,
+        ) from exc
+
+
 class Hypervisor(abc.ABC):
     """One hypervisor driver; see the module docstring for the contracts."""
 
@@ -449,6 +471,20 @@ class Hypervisor(abc.ABC):
                 disk (NOT_FOUND), or the hypervisor refused.
         """
         raise self._unsupported("online disk resize")
+
+    def powercycle_node(self, sysrq_trigger: str) -> None:
+        """Hard-reset the node at once, without a clean shutdown (Ganeti's node powercycle).
+
+        The default is Linux's: write ``b`` to the SysRq trigger, which reboots immediately.
+        ``sysrq_trigger`` comes from the node's :class:`~corral.common.paths.Paths`
+        (``paths.sysrq_trigger``), so a node with a test root writes a plain file instead of
+        resetting the machine. Drivers whose hypervisor needs another way override this.
+
+        Raises:
+            HypervisorError: the trigger cannot be written (kind ENVIRONMENT); when the write
+                succeeds on a real host this call does not return.
+        """
+        linux_powercycle(sysrq_trigger)
 
     def cleanup(self, name: str) -> None:  # noqa: B027 - optional hook
         """Remove leftovers (sockets, runtime files) of an instance that no longer runs."""

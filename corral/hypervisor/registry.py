@@ -15,11 +15,14 @@ from corral.hypervisor.base import Hypervisor
 from corral.hypervisor.fake import FakeHypervisor
 from corral.hypervisor.kvm.driver import Kvm
 from corral.hypervisor.lxc.driver import Lxc
+from corral.hypervisor.xen.driver import XenHvm, XenPvm
 
 #: Every hypervisor Corral knows, by the name used in hvparams and ``enabled_hypervisors``.
 HYPERVISORS: dict[str, type[Hypervisor]] = {
     Kvm.NAME: Kvm,
     Lxc.NAME: Lxc,
+    XenPvm.NAME: XenPvm,
+    XenHvm.NAME: XenHvm,
     FakeHypervisor.NAME: FakeHypervisor,
 }
 

@@ -49,6 +49,9 @@ class Disk(BaseModel):
     format: str = "raw"
     logical_id: str = ""
     params: dict[str, Any] = Field(default_factory=dict)
+    #: how a hypervisor opens a file-based disk (Ganeti's ``file_driver``: ``loop``,
+    #: ``blktap``, ``blktap2``); None: the default, ``loop``. Ignored for block devices.
+    file_driver: str | None = None
 
 
 class NIC(BaseModel):

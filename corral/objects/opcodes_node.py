@@ -63,6 +63,16 @@ class OpNodeSetParams(OpCode):
     powered: bool | None = None
 
 
+class OpNodePowercycle(OpCode):
+    """Hard-reset a node at once, without a clean shutdown (``node powercycle``)."""
+
+    OP_ID = "OP_NODE_POWERCYCLE"
+    SUMMARY_FIELD = "node_name"
+    node_name: str
+    #: needed to powercycle the master node itself
+    force: bool = False
+
+
 class OpGroupAdd(OpCode):
     """Create a node group."""
 

@@ -97,6 +97,10 @@ class HvValidateRequest(Msg):
 # --- instances -------------------------------------------------------------------------------
 
 
+#: How hypervisors may open file-based disks (Ganeti's ``file_driver``); the first is the default.
+FILE_DRIVERS = ("loop", "blktap", "blktap2")
+
+
 class DiskRef(Msg):
     """An instance disk as the node needs it to attach it."""
 
@@ -104,6 +108,8 @@ class DiskRef(Msg):
     volume: VolumeSpec
     mode: Literal["rw", "ro"] = "rw"
     name: str = ""  # the disk's user-given name (OS scripts get it as DISK_<n>_NAME)
+    #: the disk's file driver (loop, blktap, blktap2) for file-based volumes; None: loop
+    file_driver: str | None = None
 
 
 class InstanceListRequest(Msg):

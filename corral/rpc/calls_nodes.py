@@ -171,7 +171,27 @@ JOIN_FINISH = Call("node_join_finish", JoinFinishRequest, JoinFinishResponse, 60
 #: The calls a node in join mode serves (and nothing else).
 JOIN_CALLS: dict[str, Call[Any, Any]] = {c.name: c for c in (JOIN_HELLO, JOIN_FINISH)}
 
+
+class NodePowercycleRequest(Msg):
+    """Hard-reset the node (Ganeti's ``node powercycle``) after answering.
+
+    ``hypervisor`` is the cluster's default hypervisor, whose driver knows how to reset the
+    machine (``Hypervisor.powercycle_node``); empty: Linux's way. ``delay`` is how long the
+    node waits after answering, so the answer reaches the master first.
+    """
+
+    hypervisor: str = ""
+    delay: float = Field(default=1.0, ge=0.0, le=60.0)
+
+
+class NodePowercycleResponse(Msg):
+    """What the node is about to do."""
+
+    message: str
+
+
 NODE_WRITE_FILES = Call("node_write_files", WriteFilesRequest, WriteFilesResponse, 60)
 NODE_LEAVE = Call("node_leave", NodeLeaveRequest, Empty, 30)
+NODE_POWERCYCLE = Call("node_powercycle", NodePowercycleRequest, NodePowercycleResponse, 30)
 
-register_calls(NODE_WRITE_FILES, NODE_LEAVE)
+register_calls(NODE_WRITE_FILES, NODE_LEAVE, NODE_POWERCYCLE)

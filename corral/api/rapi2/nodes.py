@@ -1,6 +1,7 @@
 """RAPI v2 node resources: ``/2/nodes``, ``/2/nodes/[n]``, ``/2/nodes/[n]/role``, tags.
 
-``/2/nodes/[n]/role`` is GET and PUT, ``/2/nodes/[n]/modify`` POST; the group resources
+``/2/nodes/[n]/role`` is GET and PUT, ``/2/nodes/[n]/modify`` and ``/2/nodes/[n]/powercycle``
+POST; the group resources
 (``rapi2/groups.py``) are included in this router.
 """
 
@@ -104,3 +105,14 @@ async def modify_node(request: Request, name: str) -> JSONResponse:
     body = await dict_body(request)
     static = {"node_name": name, **common_static(request, f"nodes/{name}/modify")}
     return ok(await submit(request, [build_op("OP_NODE_SET_PARAMS", body, static)]))
+
+
+@router.post("/2/nodes/{name}/powercycle", dependencies=[WRITE])
+async def powercycle_node(request: Request, name: str) -> JSONResponse:
+    """Hard-reset the node (``?force=1`` for the master); the job id of OP_NODE_POWERCYCLE."""
+    static = {
+        "node_name": name,
+        "force": flag(request, "force"),
+        **common_static(request, f"nodes/{name}/powercycle"),
+    }
+    return ok(await submit(request, [build_op("OP_NODE_POWERCYCLE", None, static)]))

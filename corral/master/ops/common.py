@@ -39,7 +39,7 @@ OSPARAM_KEY_RE = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 #: First TCP port handed to instances needing one (VNC of KVM guests), as Ganeti.
 FIRST_INSTANCE_PORT = 11000
 #: Hypervisors whose instances get a ``network_port``.
-HV_NEEDS_PORT = ("kvm",)
+HV_NEEDS_PORT = ("kvm", "xen-hvm")
 
 
 # --- specs sent to nodes ---------------------------------------------------------------------
@@ -60,7 +60,13 @@ def volume_spec(disk: Disk) -> VolumeSpec:
 def disk_refs(instance: Instance) -> list[DiskRef]:
     """The instance's disks as the node attaches them."""
     return [
-        DiskRef(index=idx, volume=volume_spec(disk), mode=disk.mode.value, name=disk.name)
+        DiskRef(
+            index=idx,
+            volume=volume_spec(disk),
+            mode=disk.mode.value,
+            name=disk.name,
+            file_driver=disk.file_driver,
+        )
         for idx, disk in enumerate(instance.disks)
     ]
 

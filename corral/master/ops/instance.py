@@ -57,6 +57,7 @@ from corral.objects.units import MAX_SIZE_MIB, check_name
 from corral.rpc.calls import (
     BLOCKDEV_CREATE,
     BLOCKDEV_REMOVE,
+    FILE_DRIVERS,
     HV_VALIDATE,
     INSTANCE_REBOOT,
     INSTANCE_SHUTDOWN,
@@ -192,6 +193,10 @@ class InstanceCreate(Operation[OpInstanceCreate]):
                 problems[f"disks.{idx}.name"] = str(check_name(disk.name, "disk name"))
             if disk.format is not None and disk.format not in ("raw", "qcow2"):
                 problems[f"disks.{idx}.format"] = f"must be raw or qcow2, got {disk.format!r}"
+        if op.file_driver is not None and op.file_driver not in FILE_DRIVERS:
+            problems["file_driver"] = (
+                f"must be one of {', '.join(FILE_DRIVERS)}, got {op.file_driver!r}"
+            )
         if op.file_storage_dir is not None:
             sub = op.file_storage_dir
             if sub.startswith("/") or any(p in ("", ".", "..") for p in sub.split("/")):
@@ -348,6 +353,7 @@ class InstanceCreate(Operation[OpInstanceCreate]):
                         idx,
                     ),
                     params={"storage_dir": base},
+                    file_driver=self.op.file_driver,
                 )
             )
         return disks

@@ -524,7 +524,13 @@ class DeviceChanges:
         )
 
     def _disk_ref(self, index: int, disk: Disk) -> DiskRef:
-        return DiskRef(index=index, volume=volume_spec(disk), mode=disk.mode.value, name=disk.name)
+        return DiskRef(
+            index=index,
+            volume=volume_spec(disk),
+            mode=disk.mode.value,
+            name=disk.name,
+            file_driver=disk.file_driver,
+        )
 
     async def _try_hot(self, step: _Step, what: str, **fields: Any) -> bool:
         """Run a hot step; True when it ran.

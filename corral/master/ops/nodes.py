@@ -38,14 +38,21 @@ from corral.node.backend.membership import read_cluster_files, role_file_names
 from corral.objects.base import ConfigObject
 from corral.objects.group import DEFAULT_GROUP
 from corral.objects.node import Node
-from corral.objects.opcodes_node import OpNodeAdd, OpNodeRemove, OpNodeSetParams
+from corral.objects.opcodes_node import (
+    OpNodeAdd,
+    OpNodePowercycle,
+    OpNodeRemove,
+    OpNodeSetParams,
+)
 from corral.objects.units import check_name
 from corral.rpc import crl, tls
 from corral.rpc.calls_nodes import (
     CLUSTER_FILE_NAMES,
     NODE_LEAVE,
+    NODE_POWERCYCLE,
     NODE_WRITE_FILES,
     NodeLeaveRequest,
+    NodePowercycleRequest,
     WriteFilesRequest,
 )
 from corral.rpc.join import join_node
@@ -592,3 +599,44 @@ class NodeSetParams(Operation[OpNodeSetParams]):
     def hooks_target(self) -> str:
         """The node's name."""
         return self.op.node_name
+
+
+@register
+class NodePowercycle(Operation[OpNodePowercycle]):
+    """Hard-reset a node through its node daemon (Ganeti's ``LUNodePowercycle``).
+
+    No locks are taken, as in Ganeti: a powercycle is what an administrator does to a node
+    whose jobs hang. The master node needs ``force``. The node answers first and resets about
+    a second later, so the job succeeds with the node's message; instances on it go down with
+    it (the watcher restarts them when it is back).
+    """
+
+    OPCODE = OpNodePowercycle
+
+    def declare_locks(self) -> dict[str, LockMode]:
+        """No locks (see the class docstring)."""
+        return {}
+
+    async def check_prereq(self) -> None:
+        """The node exists; the master only with ``force``.
+
+        Raises:
+            OpError: NOT_FOUND, or WRONG_STATE for the master without ``force``.
+        """
+        self._node = self.ctx.config.node(self.op.node_name)
+        if self.op.node_name == self.cluster.master_node and not self.op.force:
+            raise OpError(
+                f"{self.op.node_name} is the master node; powercycling it needs force",
+                kind=ErrorKind.WRONG_STATE,
+                node=self.op.node_name,
+            )
+
+    async def execute(self) -> Any:
+        """Order the powercycle; the node's answer (what it is about to do)."""
+        cluster = self.cluster
+        hypervisor = cluster.default_hypervisor if cluster.enabled_hypervisors else ""
+        answer = await self.ctx.runner.call(
+            self._node, NODE_POWERCYCLE, NodePowercycleRequest(hypervisor=hypervisor)
+        )
+        self.feedback(answer.message)
+        return answer.message

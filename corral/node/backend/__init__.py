@@ -42,7 +42,7 @@ from corral.node.backend.hooks import DEFAULT_HOOK_TIMEOUT, HooksRunner
 from corral.node.backend.instances import InstanceLocks, Instances
 from corral.node.backend.migration import Migrations
 from corral.node.backend.osrun import OsScripts
-from corral.node.backend.power import Power
+from corral.node.backend.power import Power, schedule_powercycle
 from corral.node.backend.transfer import Transfers
 from corral.rpc.calls import (
     AbortMigrationRequest,
@@ -108,7 +108,13 @@ from corral.rpc.calls_mobility import (
     TransferImportWaitRequest,
     TransferResult,
 )
-from corral.rpc.calls_nodes import NodeLeaveRequest, WriteFilesRequest, WriteFilesResponse
+from corral.rpc.calls_nodes import (
+    NodeLeaveRequest,
+    NodePowercycleRequest,
+    NodePowercycleResponse,
+    WriteFilesRequest,
+    WriteFilesResponse,
+)
 from corral.storage.base import StorageDriver
 
 log = logging.getLogger(__name__)
@@ -565,6 +571,22 @@ class NodeBackend:
         """
         membership.leave(self.paths)
         return Empty()
+
+    def node_powercycle(self, req: NodePowercycleRequest) -> NodePowercycleResponse:
+        """Answer, then hard-reset this node after ``req.delay`` seconds (Ganeti's way).
+
+        The reset writes to ``paths.sysrq_trigger`` through the hypervisor driver (see
+        :func:`corral.node.backend.power.schedule_powercycle`); a node with a test root only
+        writes a file there. Failures of the reset itself can only be logged.
+
+        Raises:
+            HypervisorError: an unknown hypervisor (nothing is scheduled then).
+        """
+        hv = self._get_hv(req.hypervisor) if req.hypervisor else None
+        schedule_powercycle(self.paths.sysrq_trigger, hv, delay=req.delay)
+        return NodePowercycleResponse(
+            message=f"node {self.node_name} will powercycle in {req.delay:g}s"
+        )
 
     # --- issue 4: instance mobility (disk transfer between nodes, shared storage) ---------
 

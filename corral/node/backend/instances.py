@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import stat
 import threading
 from collections.abc import Callable, Iterator, Sequence
 
@@ -26,13 +28,33 @@ from corral.hypervisor.base import (
     InstanceState,
 )
 from corral.node.backend.blockdev import Blockdevs
-from corral.rpc.calls import DiskRef, InstanceHotplugRequest, InstanceHotplugResponse
+from corral.rpc.calls import (
+    FILE_DRIVERS,
+    DiskRef,
+    InstanceHotplugRequest,
+    InstanceHotplugResponse,
+)
 from corral.storage.base import VolumeInfo, VolumeSpec
 
 log = logging.getLogger(__name__)
 
 #: Returns the driver of a hypervisor by name (raises CorralError for unknown ones).
 HypervisorGetter = Callable[[str], Hypervisor]
+
+
+def file_driver_of(ref: DiskRef, path: str) -> str | None:
+    """How a hypervisor opens the volume at ``path`` (``AttachedDisk.file_driver``).
+
+    An image file gets the disk's file driver (default ``loop``), a block device None (Xen's
+    ``phy:``). A path that cannot be inspected counts as a file.
+    """
+    try:
+        block = stat.S_ISBLK(os.stat(path).st_mode)
+    except OSError:
+        block = False
+    if block:
+        return None
+    return ref.file_driver or FILE_DRIVERS[0]
 
 
 class InstanceLocks:
@@ -132,6 +154,7 @@ class Instances:
                     format=info.format,
                     mode=ref.mode,
                     size=info.size,
+                    file_driver=file_driver_of(ref, info.path),
                 )
             )
         return attached

@@ -14,10 +14,12 @@ from __future__ import annotations
 import glob
 import logging
 import os
+import threading
+import time
 from collections.abc import Sequence
 
 from corral.common.errors import ErrorKind, HypervisorError, ParamError
-from corral.hypervisor.base import InstanceSpec
+from corral.hypervisor.base import Hypervisor, InstanceSpec, linux_powercycle
 from corral.node.backend.instances import HypervisorGetter, InstanceLocks, Instances
 from corral.rpc.calls import DiskRef
 
@@ -156,3 +158,33 @@ class Power:
         if removed:
             log.info("discarded the saved state of %s: %s", name, ", ".join(removed))
         return removed
+
+
+def schedule_powercycle(
+    sysrq_trigger: str, hv: Hypervisor | None, *, delay: float
+) -> threading.Thread:
+    """Reset the node ``delay`` seconds from now, in a background thread (returns at once).
+
+    Ganeti answers the RPC first and resets afterwards, so the master learns the order
+    arrived. ``hv`` resets the machine its way (:meth:`Hypervisor.powercycle_node`); None:
+    Linux's (:func:`~corral.hypervisor.base.linux_powercycle`). Failures are logged: nobody
+    waits for them any more.
+
+    Returns:
+        The (started) thread, for tests.
+    """
+
+    def later() -> None:
+        time.sleep(delay)
+        log.warning("powercycling the node now (writing %s)", sysrq_trigger)
+        try:
+            if hv is not None:
+                hv.powercycle_node(sysrq_trigger)
+            else:
+                linux_powercycle(sysrq_trigger)
+        except Exception:
+            log.exception("node powercycle failed")
+
+    thread = threading.Thread(target=later, name="node-powercycle")
+    thread.start()
+    return thread
