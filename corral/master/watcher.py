@@ -182,9 +182,14 @@ class _Snapshot:
 
     by_node: dict[str, dict[str, InstanceInfo]]
     unreachable: set[str]
-    #: Instances with a watcher job in flight when the nodes were asked: their live state
-    #: may predate that job's end, so no decision is made on it this round.
+    #: Instances with a job in flight when the nodes were asked (a watcher job, or any job
+    #: holding or waiting for the instance's lock): their live state may predate that job's
+    #: end, so no decision is made on them this round.
     busy: set[str] = dataclasses.field(default_factory=set)
+    #: Instances meant to run (admin state up) before the nodes were asked. One set up by a
+    #: job that ran meanwhile (``instance add`` marks it up, then starts it) is judged next
+    #: round, not against a live state older than its start.
+    up_before: set[str] = dataclasses.field(default_factory=set)
 
     def running_on(self, name: str) -> list[str]:
         return sorted(
@@ -236,7 +241,9 @@ class Watcher:
         # otherwise look finished next to a live state from before it ran (a restart done
         # twice, the second a no-op at best).
         busy = {name for name in list(self._pending) if self._in_flight(name)}
+        busy |= self._locked_instances()
         config = self.service.config
+        up_before = {i.name for i in config.instances() if i.admin_state is AdminState.UP}
         cluster = config.cluster()
         nodes = [n for n in config.nodes() if not n.offline]
         answers = await call_many(
@@ -254,7 +261,24 @@ class Watcher:
                 continue
             assert isinstance(answer, AllInstancesInfoResponse)
             by_node[node_name] = {i.name: i for i in answer.instances}
-        return _Snapshot(by_node, unreachable, busy)
+        return _Snapshot(by_node, unreachable, busy, up_before)
+
+    def _locked_instances(self) -> set[str]:
+        """Instances whose lock a job holds or waits for (on this master's executor)."""
+        return {
+            entry["name"].split("/", 1)[1]
+            for entry in self.service.lock_status()
+            if entry["name"].startswith("instance/") and (entry["owners"] or entry["pending"])
+        }
+
+    def _undecidable(self, name: str, snap: _Snapshot) -> bool:
+        """True when this round must leave ``name`` alone (see :class:`_Snapshot`)."""
+        return (
+            name in snap.busy
+            or name not in snap.up_before
+            or self._in_flight(name)
+            or name in self._locked_instances()
+        )
 
     # --- user down ------------------------------------------------------------------------
 
@@ -275,7 +299,7 @@ class Watcher:
         snap = snapshot or await self._snapshot()
         submitted: dict[str, int] = {}
         for inst in wanted:
-            if inst.name in snap.busy or self._in_flight(inst.name):
+            if self._undecidable(inst.name, snap):
                 continue
             info = snap.by_node.get(inst.primary_node, {}).get(inst.name)
             if info is None or info.state is not InstanceState.SHUTDOWN:
@@ -339,7 +363,7 @@ class Watcher:
             if info is not None and info.state is InstanceState.SHUTDOWN:
                 continue  # powered off by its user: user_down's business
             elsewhere = [n for n in snap.running_on(inst.name) if n != inst.primary_node]
-            if elsewhere or inst.name in snap.busy or self._in_flight(inst.name):
+            if elsewhere or self._undecidable(inst.name, snap):
                 continue
             attempt = self._book_attempt(inst, book, now)
             if attempt is not None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -97,7 +98,11 @@ def test_remove_revokes_certificate(cluster: LocalCluster, tmp_path: Path) -> No
     # another node's daemon refuses the removed node's certificate (real handshake)
     refused = asyncio.run(_call_as(ca, str(old / "node.pem"), str(old / "node.key"), node3))
     assert refused.startswith("refused:"), refused
-    assert "revoked" in (n3.log_file and Path(n3.log_file).read_text())
+    # the client sees the refusal before the node daemon's log line is written: poll it
+    deadline = time.monotonic() + 10
+    while "revoked" not in Path(n3.log_file).read_text() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert "revoked" in Path(n3.log_file).read_text()
     # and the master's RPC client refuses it as a server
     refused = asyncio.run(_serve_and_call(old, c.paths, host2))
     assert refused.startswith("refused:tls_server_rejected"), refused

@@ -3,17 +3,18 @@
 Everything goes through dom0's ``corral-noded`` over mutual TLS (``xen_appliance.call``): a
 file disk is created, Corral's busybox OS installs itself on it (its kernel and initrd land in
 dom0's kernels directory), and the instance is started, listed, ballooned, pinned, paused,
-saved and restored, stopped and started again at once; then the failure cases (a kernel path
+stopped and started again at once; then the failure cases (a kernel path
 missing on the node, an ``xl create`` that fails, a guest that ignores the shutdown request)
 and, last, the node powercycle. The appliance's TEST-ONLY command channel (``sh``) is used only
 to look: ``xl list``/``vcpu-list``, the guest's console log, the driver's run directory.
 
-Migration is not run here. In this appliance (a Xen PV dom0 under QEMU TCG) the memory of
-dom0 processes is not reliable while ``xl migrate``'s save helper maps guest pages: a plain
+Migration and save/restore are not run here. In this appliance (a Xen PV dom0 under QEMU
+TCG) the memory of dom0 processes is not reliable while xl's save helper maps guest pages: a plain
 TCP relay of a localhost migration delivered the right length with another SHA-256, the TLS
 tunnel refused the altered records, and in one CI run ``corral-noded`` itself died of a
-segfault in python3.11 during the migration (docs/hypervisors/xen.md). The migration steps
-are covered by the driver's unit tests and the tunnel by real TLS tests on the host.
+segfault in python3.11 during the migration; in another, ``xl save`` itself aborted with
+"malloc(): corrupted top size" (docs/hypervisors/xen.md). Save/restore and the migration
+steps are covered by the driver's unit tests, the tunnel by real TLS tests on the host.
 
 HVM guests start under this nested TCG but are far too slow to boot here, so xen-hvm is
 covered by the config tests (tests/unit/hypervisor/test_xen_xlconf.py) and the unit tests of
@@ -45,8 +46,6 @@ from corral.rpc.calls import (
     INSTANCE_RESUME,
     INSTANCE_SHUTDOWN,
     INSTANCE_START,
-    INSTANCE_SUSPEND,
-    INSTANCE_UNSUSPEND,
     NODE_INFO,
     OS_CREATE,
     BlockdevRequest,
@@ -59,8 +58,6 @@ from corral.rpc.calls import (
     InstancePowerRequest,
     InstanceShutdownRequest,
     InstanceStartRequest,
-    InstanceSuspendRequest,
-    InstanceUnsuspendRequest,
     NodeInfoRequest,
     OsCreateRequest,
 )
@@ -236,26 +233,6 @@ def test_pause_resume(guest: Guest) -> None:
     assert re.search(rf"^{NAME}\s.*--p---", guest.xl_list(), re.M)
     app.call(INSTANCE_RESUME, InstancePowerRequest(name=NAME, hypervisor=HV))
     assert guest.info().state == InstanceState.RUNNING
-
-
-def test_suspend_and_resume_from_a_file(guest: Guest) -> None:
-    app = guest.app
-    t0 = time.monotonic()
-    state = app.call(INSTANCE_SUSPEND, InstanceSuspendRequest(name=NAME, hypervisor=HV))
-    t_save = time.monotonic() - t0
-    assert guest.info() is None and NAME not in guest.xl_list()
-    assert app.sh("test", "-s", state.state_file).ok
-    t1 = time.monotonic()
-    app.call(
-        INSTANCE_UNSUSPEND,
-        InstanceUnsuspendRequest(
-            instance=guest.spec, disks=guest.disks, state_file=state.state_file
-        ),
-    )
-    print(f"\nxl save {t_save:.1f} s, xl restore {time.monotonic() - t1:.1f} s")
-    assert guest.info().state == InstanceState.RUNNING
-    assert not app.sh("test", "-e", state.state_file).ok  # consumed
-    assert guest.boots() == 1  # the guest went on, it did not boot again
 
 
 def test_stop_frees_the_name_at_once(guest: Guest) -> None:
