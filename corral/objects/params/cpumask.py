@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import re
 
+from corral.objects.params.spec import ParamSpec, as_str
+
 #: The mask meaning "no pinning" (every CPU of the node).
 CPU_MASK_ALL = "all"
 #: Highest CPU number accepted by the syntax check (the node checks its real CPU count).
@@ -110,3 +112,15 @@ def node_cpu_problem(text: str, cpu_count: int) -> str | None:
             f"(it has {cpu_count}: 0-{cpu_count - 1})"
         )
     return None
+
+
+def cpu_mask_param(doc: str) -> ParamSpec:
+    """The ``cpu_mask`` parameter (Ganeti's pinning syntax), shared by the hypervisors."""
+    return ParamSpec(
+        name="cpu_mask",
+        coerce=as_str,
+        default=CPU_MASK_ALL,
+        check=check_cpu_mask_syntax,
+        type_name="string",
+        doc=doc,
+    )

@@ -12,18 +12,19 @@ import shlex
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from corral.objects.params.cpumask import CPU_MASK_ALL, check_cpu_mask_syntax
+from corral.objects.params.cpumask import cpu_mask_param
 from corral.objects.params.hv_xen import XEN_SCHEMAS
 from corral.objects.params.spec import (
     ParamSpec,
     Schema,
-    as_bool,
-    as_choice,
     as_float,
     as_int,
     as_path,
     as_str,
+    choice_param,
+    flag_param,
     in_range,
+    ip_or_empty,
 )
 
 # NOTE: \Z, not $: "$" also matches before a trailing newline.
@@ -55,16 +56,6 @@ KVM_SOUND_MODELS = {
 def _no_control(value: Any) -> str | None:
     if not _SAFE_TEXT.match(value):
         return "must not contain NUL or newline characters"
-    return None
-
-
-def _ip_or_empty(value: Any) -> str | None:
-    if not value:
-        return None
-    try:
-        ipaddress.ip_address(value)
-    except ValueError:
-        return f"must be an IP address (IPv4 or IPv6) or empty, got {value!r}"
     return None
 
 
@@ -175,32 +166,6 @@ def _path(name: str, default: str, doc: str) -> ParamSpec:
     return ParamSpec(name=name, coerce=as_path, default=default, type_name="path", doc=doc)
 
 
-def _choice(name: str, choices: tuple[str, ...], default: str, doc: str) -> ParamSpec:
-    return ParamSpec(
-        name=name,
-        coerce=as_choice(*choices),
-        default=default,
-        type_name="choice",
-        doc=f"{doc} One of: {', '.join(c if c else repr(c) for c in choices)}.",
-    )
-
-
-def _flag(name: str, default: bool, doc: str) -> ParamSpec:
-    return ParamSpec(name=name, coerce=as_bool, default=default, type_name="bool", doc=doc)
-
-
-def cpu_mask_param(doc: str) -> ParamSpec:
-    """The ``cpu_mask`` parameter (Ganeti's pinning syntax), shared by the hypervisors."""
-    return ParamSpec(
-        name="cpu_mask",
-        coerce=as_str,
-        default=CPU_MASK_ALL,
-        check=check_cpu_mask_syntax,
-        type_name="string",
-        doc=doc,
-    )
-
-
 KVM_HVPARAMS = Schema.of(
     "hvparams/kvm",
     [
@@ -240,7 +205,7 @@ KVM_HVPARAMS = Schema.of(
             type_name="string",
             doc="Extra kernel command line arguments.",
         ),
-        _choice(
+        choice_param(
             "boot_order",
             ("disk", "cdrom", "network"),
             "disk",
@@ -263,13 +228,13 @@ KVM_HVPARAMS = Schema.of(
             type_name="path or url",
             doc="Image of a second cdrom, as cdrom_image_path (never booted from).",
         ),
-        _choice(
+        choice_param(
             "cdrom_disk_type",
             ("ide", "scsi"),
             "ide",
             "Cdrom model: ide (ide-cd) or scsi (scsi-cd on a virtio-scsi-pci controller).",
         ),
-        _choice(
+        choice_param(
             "firmware",
             ("bios", "uefi"),
             "bios",
@@ -308,7 +273,7 @@ KVM_HVPARAMS = Schema.of(
             doc="QEMU CPU model (-cpu, flags allowed: max,+vmx); empty for QEMU's default. "
             "'host' needs a usable KVM.",
         ),
-        _choice(
+        choice_param(
             "accel",
             ("auto", "kvm", "tcg"),
             "auto",
@@ -346,35 +311,35 @@ KVM_HVPARAMS = Schema.of(
             "whole guest ('0-2,4'), or one per vCPU separated by ':' ('0-2,4:all:1,3')."
         ),
         # --- disks, NICs ------------------------------------------------------------------
-        _choice(
+        choice_param(
             "disk_type",
             tuple(KVM_DISK_MODELS),
             "paravirtual",
             "Disk model: paravirtual (virtio-blk-pci), scsi (scsi-hd on a virtio-scsi-pci "
             "controller) or ide (ide-hd).",
         ),
-        _choice(
+        choice_param(
             "disk_cache",
             ("default", "none", "writethrough", "writeback"),
             "default",
             "Host cache of disks: default (QEMU's: writeback), none (O_DIRECT), "
             "writethrough or writeback (the guest-visible write cache).",
         ),
-        _choice(
+        choice_param(
             "disk_aio",
             ("threads", "native", "io_uring"),
             "threads",
             "Disk I/O backend: threads (a thread pool), native (Linux AIO, needs "
             "disk_cache=none) or io_uring (QEMU built with it).",
         ),
-        _choice(
+        choice_param(
             "nic_type",
             tuple(KVM_NIC_MODELS),
             "paravirtual",
             "NIC model: paravirtual (virtio-net-pci) or an emulated card.",
         ),
         # --- consoles ---------------------------------------------------------------------
-        _flag(
+        flag_param(
             "serial_console",
             True,
             "Attach a serial console (UNIX socket + log file) and pass console=ttyS0.",
@@ -393,7 +358,7 @@ KVM_HVPARAMS = Schema.of(
             name="vnc_bind_address",
             coerce=as_str,
             default="",
-            check=_ip_or_empty,
+            check=ip_or_empty,
             type_name="ip",
             doc="Address the VNC server listens on; empty disables VNC. The display is the "
             "instance's network_port - 5900 (ports come from the cluster's pool from 11000), "
@@ -405,13 +370,13 @@ KVM_HVPARAMS = Schema.of(
             "File whose first line is the VNC password (VNC uses at most 8 characters); "
             "given to QEMU as a secret object (QEMU 7.0+), never on the command line.",
         ),
-        _flag("vnc_tls", False, "Encrypt VNC with TLS (needs vnc_x509_path)."),
+        flag_param("vnc_tls", False, "Encrypt VNC with TLS (needs vnc_x509_path)."),
         _path(
             "vnc_x509_path",
             "",
             "Directory with ca-cert.pem, server-cert.pem and server-key.pem for vnc_tls.",
         ),
-        _flag(
+        flag_param(
             "vnc_x509_verify",
             False,
             "Require VNC clients to present a certificate signed by the CA of vnc_x509_path.",
@@ -429,7 +394,7 @@ KVM_HVPARAMS = Schema.of(
             name="spice_bind",
             coerce=as_str,
             default="",
-            check=_ip_or_empty,
+            check=ip_or_empty,
             type_name="ip",
             doc="Address the SPICE server listens on (port: the instance's network_port); "
             "empty disables SPICE. Cannot be combined with vnc_bind_address. Refused when "
@@ -448,7 +413,9 @@ KVM_HVPARAMS = Schema.of(
             "",
             "File whose first line is the SPICE password (QEMU 7.0+); empty for no password.",
         ),
-        _flag("spice_use_tls", False, "Offer SPICE over TLS on the port (needs spice_x509_path)."),
+        flag_param(
+            "spice_use_tls", False, "Offer SPICE over TLS on the port (needs spice_x509_path)."
+        ),
         _path(
             "spice_x509_path",
             "",
@@ -462,32 +429,32 @@ KVM_HVPARAMS = Schema.of(
             type_name="string",
             doc="OpenSSL cipher list for SPICE TLS.",
         ),
-        _choice(
+        choice_param(
             "spice_image_compression",
             ("", "auto_glz", "auto_lz", "quic", "glz", "lz", "off"),
             "",
             "SPICE image compression; empty for QEMU's default.",
         ),
-        _choice(
+        choice_param(
             "spice_jpeg_wan_compression",
             ("", "auto", "never", "always"),
             "",
             "SPICE JPEG compression over WAN; empty for QEMU's default.",
         ),
-        _choice(
+        choice_param(
             "spice_zlib_glz_wan_compression",
             ("", "auto", "never", "always"),
             "",
             "SPICE zlib-glz compression over WAN; empty for QEMU's default.",
         ),
-        _choice(
+        choice_param(
             "spice_streaming_video",
             ("", "off", "all", "filter"),
             "",
             "SPICE video streaming detection; empty for QEMU's default.",
         ),
-        _flag("spice_playback_compression", True, "Compress SPICE audio playback (CELT)."),
-        _flag(
+        flag_param("spice_playback_compression", True, "Compress SPICE audio playback (CELT)."),
+        flag_param(
             "spice_use_vdagent",
             True,
             "Give the guest a SPICE agent channel (virtio-serial port com.redhat.spice.0).",
@@ -502,7 +469,7 @@ KVM_HVPARAMS = Schema.of(
             doc="USB devices given to the guest on a qemu-xhci controller, comma separated "
             "QEMU models (usb-tablet, usb-kbd, usb-mouse); empty for no USB controller.",
         ),
-        _choice(
+        choice_param(
             "soundhw",
             ("", *KVM_SOUND_MODELS),
             "",
@@ -510,7 +477,7 @@ KVM_HVPARAMS = Schema.of(
             "silent host backend (-audiodev none); empty for none.",
         ),
         # --- lifecycle --------------------------------------------------------------------
-        _choice(
+        choice_param(
             "reboot_behavior",
             ("reboot", "exit"),
             "reboot",
@@ -552,7 +519,7 @@ KVM_HVPARAMS = Schema.of(
             doc="TCP port a migration destination listens on (Ganeti's default 8102).",
         ),
         # --- security ---------------------------------------------------------------------
-        _choice(
+        choice_param(
             "security_model",
             ("none", "user", "pool"),
             "none",
@@ -568,7 +535,7 @@ KVM_HVPARAMS = Schema.of(
             type_name="string",
             doc="The user QEMU runs as with security_model=user (must exist, not root).",
         ),
-        _flag(
+        flag_param(
             "use_chroot",
             False,
             "Run QEMU chrooted into an empty per-instance directory (after it opened its files).",

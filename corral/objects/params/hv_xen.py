@@ -17,22 +17,22 @@ this module to register the schemas in ``HV_SCHEMAS``.
 
 from __future__ import annotations
 
-import ipaddress
 import re
 import shlex
 from collections.abc import Mapping
 from typing import Any
 
-from corral.objects.params.cpumask import CPU_MASK_ALL, check_cpu_mask_syntax
+from corral.objects.params.cpumask import cpu_mask_param
 from corral.objects.params.spec import (
     ParamSpec,
     Schema,
-    as_bool,
-    as_choice,
     as_int,
     as_path,
     as_str,
+    choice_param,
+    flag_param,
     in_range,
+    ip_or_empty,
 )
 
 #: The hypervisor names (Ganeti's ``xen-pvm`` / ``xen-hvm``).
@@ -224,16 +224,6 @@ def _vif_script(value: Any) -> str | None:
     return None
 
 
-def _ip_or_empty(value: Any) -> str | None:
-    if not value:
-        return None
-    try:
-        ipaddress.ip_address(value)
-    except ValueError:
-        return f"must be an IP address (IPv4 or IPv6) or empty, got {value!r}"
-    return None
-
-
 def as_xen_cmd(raw: Any) -> str:
     """The toolstack command: only ``xl``.
 
@@ -271,20 +261,6 @@ def _text(name: str, default: str, doc: str, check: Any = _config_text) -> Param
     )
 
 
-def _choice(name: str, choices: tuple[str, ...], default: str, doc: str) -> ParamSpec:
-    return ParamSpec(
-        name=name,
-        coerce=as_choice(*choices),
-        default=default,
-        type_name="choice",
-        doc=f"{doc} One of: {', '.join(choices)}.",
-    )
-
-
-def _flag(name: str, default: bool, doc: str) -> ParamSpec:
-    return ParamSpec(name=name, coerce=as_bool, default=default, type_name="bool", doc=doc)
-
-
 def _common(*, migration_mode: str, blockdev_prefix: str) -> list[ParamSpec]:
     """The keys both Xen hypervisors have."""
     return [
@@ -297,35 +273,30 @@ def _common(*, migration_mode: str, blockdev_prefix: str) -> list[ParamSpec]:
             doc="TCP port the destination node listens on for an incoming migration "
             "(Ganeti's default 8002).",
         ),
-        _choice(
+        choice_param(
             "migration_mode",
             ("live", "non-live"),
             migration_mode,
             "Default migration mode: live (the guest keeps running while its memory is "
             "copied) or non-live (paused for the whole copy).",
         ),
-        _choice(
+        choice_param(
             "blockdev_prefix",
             XEN_BLOCKDEV_PREFIXES,
             blockdev_prefix,
             "Device name prefix of the disks: disk N is <prefix><letter N> (a, b, c, ...).",
         ),
-        _choice(
+        choice_param(
             "reboot_behavior",
             ("reboot", "exit"),
             "reboot",
             "What a guest's own reboot does: reboot (on_reboot=restart) or exit "
             "(on_reboot=destroy, the instance stops).",
         ),
-        ParamSpec(
-            name="cpu_mask",
-            coerce=as_str,
-            default=CPU_MASK_ALL,
-            check=check_cpu_mask_syntax,
-            type_name="string",
-            doc="CPU pinning in Ganeti's syntax: 'all' (no pinning), one CPU list for the "
+        cpu_mask_param(
+            "CPU pinning in Ganeti's syntax: 'all' (no pinning), one CPU list for the "
             "whole guest ('0-2,4'), or one per vCPU separated by ':' ('0-2,4:all:1,3'); "
-            "written as xl's cpus=.",
+            "written as xl's cpus=."
         ),
         ParamSpec(
             name="cpu_cap",
@@ -381,7 +352,7 @@ def _common(*, migration_mode: str, blockdev_prefix: str) -> list[ParamSpec]:
 XEN_PVM_HVPARAMS = Schema.of(
     f"hvparams/{XEN_PVM}",
     [
-        _flag(
+        flag_param(
             "use_bootloader",
             False,
             "Boot through a bootloader run in dom0 (pygrub) that reads the kernel from the "
@@ -424,11 +395,11 @@ XEN_PVM_HVPARAMS = Schema.of(
 XEN_HVM_HVPARAMS = Schema.of(
     f"hvparams/{XEN_HVM}",
     [
-        _flag("acpi", True, "Give the guest ACPI tables (needed for a clean ACPI shutdown)."),
-        _flag("pae", True, "Expose PAE (needed by 64-bit guests)."),
-        _flag("viridian", False, "Expose the Hyper-V (viridian) enlightenments (Windows)."),
-        _flag("use_localtime", False, "Run the guest's clock in local time instead of UTC."),
-        _flag(
+        flag_param("acpi", True, "Give the guest ACPI tables (needed for a clean ACPI shutdown)."),
+        flag_param("pae", True, "Expose PAE (needed by 64-bit guests)."),
+        flag_param("viridian", False, "Expose the Hyper-V (viridian) enlightenments (Windows)."),
+        flag_param("use_localtime", False, "Run the guest's clock in local time instead of UTC."),
+        flag_param(
             "serial_console",
             True,
             'Give the guest an emulated serial port on a pty (serial="pty"), reachable '
@@ -449,19 +420,19 @@ XEN_HVM_HVPARAMS = Schema.of(
             doc="ISO image (on the node) given to the guest as a read-only cdrom on the "
             "device after the disks; empty for no cdrom.",
         ),
-        _choice(
+        choice_param(
             "disk_type",
             ("paravirtual", "ioemu"),
             "paravirtual",
             "Disk model: paravirtual or ioemu (emulated, marked ioemu: on the device).",
         ),
-        _choice(
+        choice_param(
             "nic_type",
             XEN_NIC_TYPES,
             "rtl8139",
             "NIC model: an emulated card (model=) or paravirtual (a Xen PV NIC only, type=vif).",
         ),
-        _choice(
+        choice_param(
             "vif_type",
             ("ioemu", "vif"),
             "ioemu",
@@ -472,7 +443,7 @@ XEN_HVM_HVPARAMS = Schema.of(
             name="vnc_bind_address",
             coerce=as_str,
             default="0.0.0.0",
-            check=_ip_or_empty,
+            check=ip_or_empty,
             type_name="ip",
             doc="Address the guest's VNC console listens on; empty disables VNC. The "
             "display is the instance's network_port - 5900, or any free one.",

@@ -15,6 +15,7 @@ together in one :class:`~corral.common.errors.ParamError` whose ``problems`` nam
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -225,3 +226,33 @@ def size_range(low_mib: int, high_mib: int) -> Check:
         return None
 
     return check
+
+
+# --- spec builders shared by the hypervisor schemas -------------------------------------------
+
+
+def choice_param(name: str, choices: tuple[str, ...], default: str, doc: str) -> ParamSpec:
+    """A parameter taking one of ``choices``; the doc lists them (an empty one quoted)."""
+    return ParamSpec(
+        name=name,
+        coerce=as_choice(*choices),
+        default=default,
+        type_name="choice",
+        doc=f"{doc} One of: {', '.join(c if c else repr(c) for c in choices)}.",
+    )
+
+
+def flag_param(name: str, default: bool, doc: str) -> ParamSpec:
+    """A boolean parameter."""
+    return ParamSpec(name=name, coerce=as_bool, default=default, type_name="bool", doc=doc)
+
+
+def ip_or_empty(value: Any) -> str | None:
+    """Check: an IPv4/IPv6 address or empty (None when fine, else the problem)."""
+    if not value:
+        return None
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return f"must be an IP address (IPv4 or IPv6) or empty, got {value!r}"
+    return None
